@@ -1,0 +1,36 @@
+# imashard build, test and demo targets. Run `make help` for the list.
+
+GO ?= go
+BIN := bin/imashard
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
+# Seconds each fuzz target runs during `make test`.
+FUZZTIME ?= 10s
+
+.PHONY: help deps build test unit fuzz vet clean
+
+help:
+	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
+	@echo "make test    every test: unit, swtpm, short fuzz runs, QEMU scenarios"
+	@echo "make demo    QEMU + swtpm: snapshot, kexec twice, verify, report"
+	@echo "make deps    install the Debian packages the tests need (as root)"
+
+deps:
+	./scripts/install-deps.sh
+	$(GO) mod download
+
+build:
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/imashard
+
+vet:
+	$(GO) vet ./...
+
+unit: deps
+	$(GO) test ./...
+
+fuzz:
+	./scripts/fuzz-all.sh $(FUZZTIME)
+
+test: deps vet build unit fuzz
+
+clean:
+	rm -rf bin

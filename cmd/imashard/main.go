@@ -1,0 +1,113 @@
+// Command imashard keeps Linux IMA attestation intact across log truncation
+// and kexec by cutting the measurement log into quote-anchored shards.
+//
+// Each subcommand lives in its own file as a function with the signature of
+// runFunc, so tests call it directly without a process or global state.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+)
+
+type runFunc func(args []string, stdin io.Reader, stdout, stderr io.Writer) error
+
+type command struct {
+	name    string
+	summary string
+	run     runFunc
+}
+
+// errUsage marks errors in the command line, which exit with status 2.
+var errUsage = errors.New("usage error")
+
+func commands() []command {
+	return []command{
+		// Subcommands are listed here in the order of a typical workflow.
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: imashard COMMAND [FLAGS] [ARGS]")
+	fmt.Fprintln(w, "")
+	fmt.Fprintln(w, "Commands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "")
+	fmt.Fprintln(w, "Run 'imashard COMMAND --help' for the flags of a command.")
+	fmt.Fprintln(w, "Set IMASHARD_LOG=debug for debug logs on standard error.")
+}
+
+// run dispatches to a subcommand. It is main without os.Exit.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		usage(stderr)
+		return fmt.Errorf("%w: no command given", errUsage)
+	}
+
+	name := args[0]
+	if name == "-h" || name == "--help" || name == "help" {
+		usage(stdout)
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == name {
+			return c.run(args[1:], stdin, stdout, stderr)
+		}
+	}
+	usage(stderr)
+	return fmt.Errorf("%w: unknown command %q", errUsage, name)
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting, and
+// prints the summary line and the flags for --help.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: imashard %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and wraps flag errors in errUsage. It returns
+// flag.ErrHelp for --help, which callers pass up unchanged.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errUsage, err)
+}
+
+func setupLogging(stderr io.Writer) {
+	level := slog.LevelWarn
+	switch os.Getenv("IMASHARD_LOG") {
+	case "debug":
+		level = slog.LevelDebug
+	case "info":
+		level = slog.LevelInfo
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
+}
+
+func main() {
+	setupLogging(os.Stderr)
+	err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
+		os.Exit(1)
+	}
+}

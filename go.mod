@@ -1,0 +1,3 @@
+module github.com/imashard/imashard
+
+go 1.26
