@@ -5,6 +5,8 @@
 set -euo pipefail
 
 packages=(qemu-system-x86 swtpm swtpm-tools tpm2-tools ima-evm-utils cpio ca-certificates)
+# Building the custom test kernel (scripts/build-custom-kernel.sh).
+packages+=(build-essential flex bison bc libelf-dev libssl-dev xz-utils)
 
 missing=()
 for p in "${packages[@]}"; do
