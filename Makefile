@@ -12,7 +12,7 @@ FUZZTIME ?= 10s
 # Linux 7.2 with CONFIG_IMA_KEXEC and CONFIG_IMA_STAGING from Debian sid's
 # linux-source package (scripts/build-custom-kernel.sh); the bzImage is
 # cached under $${XDG_CACHE_HOME:-$$HOME/.cache}/imashard/kernels/.
-KERNEL ?= custom
+
 CUSTOM_KERNEL := bin/kernels/custom/bzImage
 
 help:
