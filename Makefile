@@ -45,9 +45,9 @@ endif
 custom-kernel:
 	./scripts/build-custom-kernel.sh $(CUSTOM_KERNEL)
 
-# Package tests that boot the custom kernel under QEMU (pkg/securityfs).
+# Package tests that boot the custom kernel under QEMU.
 test-custom: custom-kernel
-	IMASHARD_CUSTOM_KERNEL=$(CURDIR)/$(CUSTOM_KERNEL) $(GO) test -count=1 ./pkg/securityfs/...
+	IMASHARD_CUSTOM_KERNEL=$(CURDIR)/$(CUSTOM_KERNEL) $(GO) test -count=1 ./pkg/securityfs/... ./pkg/trim/...
 
 test: deps vet build unit fuzz test-custom
 

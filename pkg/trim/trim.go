@@ -1,0 +1,433 @@
+package trim
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/imashard/imashard/pkg/pcr"
+	"github.com/imashard/imashard/pkg/securityfs"
+)
+
+var (
+	// ErrMismatch reports a live entry that differs from the shard entry
+	// with the same history index. Nothing is deleted.
+	ErrMismatch = errors.New("live IMA list does not match the shards")
+
+	// ErrGap reports shards that do not reach back to the live list's
+	// first entry, so they cannot say what the list holds.
+	ErrGap = errors.New("shards do not cover the start of the live list")
+
+	// ErrAmbiguous reports an interrupted trim whose outcome the live list
+	// cannot decide. Run `imashard verify --live` on both candidate states.
+	ErrAmbiguous = errors.New("cannot tell whether an interrupted trim deleted entries")
+)
+
+// crashPoint lets crash tests end the process at a step of a trim.
+var crashPoint = func(step string) {}
+
+// Covered is the part of the history that durable shards hold.
+type Covered struct {
+	Start int64    // history index of Raw[0]
+	Raw   [][]byte // raw entries, encoded as in the binary list of Options.Alg
+}
+
+// End returns the history index one past the last covered entry.
+func (c Covered) End() int64 { return c.Start + int64(len(c.Raw)) }
+
+func (c Covered) at(index int64) ([]byte, bool) {
+	if index < c.Start || index >= c.End() {
+		return nil, false
+	}
+	return c.Raw[index-c.Start], true
+}
+
+// SplitFunc splits a binary measurement list into raw entries.
+type SplitFunc func(list []byte) ([][]byte, error)
+
+// Options configures Trim and Recover.
+type Options struct {
+	Dir   string         // chain directory that holds the shards and the state file
+	FS    *securityfs.FS // the live securityfs
+	Alg   pcr.Alg        // bank whose binary list the shards' raw entries come from
+	Split SplitFunc
+	// Staged deletes through the _staged file (stage, compare, delete)
+	// instead of writing a count to the measurement file.
+	Staged bool
+}
+
+// Result reports what Trim did.
+type Result struct {
+	Deleted     int64 // entries deleted from the kernel list
+	Carried     int64 // staged entries no shard held yet, now kept in the carry file
+	CarryUsed   int64 // carried entries dropped because shards now hold them
+	Recovered   bool  // an interrupted earlier trim was resolved first
+	LiveStart   int64 // history index of the first entry not yet deleted
+	KernelStart int64 // history index of the kernel's first entry
+}
+
+// Trim deletes from the kernel list exactly the entries that covered
+// holds, never more. It first compares every entry to delete with the shard
+// entry of the same history index, and records its intent durably before
+// the kernel deletes anything.
+func Trim(opts Options, covered Covered) (*Result, error) {
+	if err := opts.FS.CheckStaging(); err != nil {
+		return nil, err
+	}
+	st, err := LoadState(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+
+	// Both lists stay open for writing until the end, so no other process
+	// reads or changes them between the comparison and the deletion, and a
+	// trim sees entries staged ahead of the current list.
+	pair, err := opts.FS.OpenPair(opts.Alg)
+	if err != nil {
+		return nil, fmt.Errorf("trim: %w", err)
+	}
+	defer pair.Close()
+
+	res := &Result{}
+	view, err := readKernelView(opts, pair)
+	if err != nil {
+		return nil, err
+	}
+	if st.Pending != nil {
+		if err := resolvePending(opts.Dir, st, view); err != nil {
+			return nil, err
+		}
+		res.Recovered = true
+		// The kernel list is unchanged since it was read: the lock is held.
+	}
+
+	used, err := dropCoveredCarry(opts.Dir, st, covered)
+	if err != nil {
+		return nil, err
+	}
+	res.CarryUsed = used
+
+	if covered.End() > st.KernelStart() && covered.Start > st.KernelStart() {
+		return nil, fmt.Errorf("%w: the kernel list starts at history index %d, the shards at %d", ErrGap, st.KernelStart(), covered.Start)
+	}
+
+	if opts.Staged {
+		err = trimStaged(opts, st, view, covered, pair.Staged, res)
+	} else {
+		err = trimCount(opts, st, view, covered, pair.Current, res)
+	}
+	res.LiveStart = st.LiveStart
+	res.KernelStart = st.KernelStart()
+	return res, err
+}
+
+// kernelView is the kernel's list in history order: staged entries first.
+type kernelView struct {
+	staged  [][]byte
+	current [][]byte
+}
+
+func (v kernelView) all() [][]byte {
+	if len(v.staged) == 0 {
+		return v.current
+	}
+	return append(append([][]byte{}, v.staged...), v.current...)
+}
+
+// readKernelView reads the staged and the current list through the pair.
+func readKernelView(opts Options, pair *securityfs.Pair) (kernelView, error) {
+	var v kernelView
+	staged, err := readAll(pair.Staged)
+	if err != nil {
+		return v, err
+	}
+	if v.staged, err = opts.Split(staged); err != nil {
+		return v, fmt.Errorf("parse staged list %s: %w", pair.Staged.Name(), err)
+	}
+	current, err := readAll(pair.Current)
+	if err != nil {
+		return v, err
+	}
+	if v.current, err = opts.Split(current); err != nil {
+		return v, fmt.Errorf("parse %s: %w", pair.Current.Name(), err)
+	}
+	return v, nil
+}
+
+func readAll(w *securityfs.Writer) ([]byte, error) {
+	if err := w.Rewind(); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(w)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", w.Name(), err)
+	}
+	return data, nil
+}
+
+// compareCovered checks that entries, starting at history index start,
+// equal the covered entries of the same index, for the first n of them.
+func compareCovered(entries [][]byte, start, n int64, covered Covered) error {
+	for i := int64(0); i < n; i++ {
+		want, ok := covered.at(start + i)
+		if !ok {
+			return fmt.Errorf("%w: no shard holds history index %d", ErrGap, start+i)
+		}
+		if !bytes.Equal(entries[i], want) {
+			return fmt.Errorf("%w: live entry at history index %d (list position %d) differs from the shard entry; the list changed outside imashard or the state file is stale, nothing was deleted", ErrMismatch, start+i, i)
+		}
+	}
+	return nil
+}
+
+func trimCount(opts Options, st *State, view kernelView, covered Covered, w *securityfs.Writer, res *Result) error {
+	if len(view.staged) > 0 {
+		return fmt.Errorf("trim: %d entries are staged ahead of the current list (left by another tool, a crash or the previous kernel); run with --trim-mode staged to delete them", len(view.staged))
+	}
+	start := st.KernelStart()
+	n := covered.End() - start
+	if n <= 0 {
+		slog.Info("trim: the shards hold no entry of the kernel list", "kernel_start", start, "shards_end", covered.End())
+		return nil
+	}
+	if n > int64(len(view.current)) {
+		return fmt.Errorf("%w: shards end at history index %d but the kernel list ends at %d; the state file is stale or another tool trimmed the list", ErrMismatch, covered.End(), start+int64(len(view.current)))
+	}
+	if err := compareCovered(view.current, start, n, covered); err != nil {
+		return err
+	}
+
+	after := *st
+	after.LiveStart += n
+	after.Pending = nil
+	if err := beginPending(opts.Dir, st, view.current, n, false, &after); err != nil {
+		return err
+	}
+	crashPoint("intent-recorded")
+
+	if err := w.Trim(n); err != nil {
+		// The kernel deletes all n entries or none, and it failed.
+		return abortPending(opts.Dir, st, fmt.Errorf("trim %d entries: %w", n, err))
+	}
+	crashPoint("deleted")
+
+	*st = after
+	if err := SaveState(opts.Dir, st); err != nil {
+		return fmt.Errorf("record trim of %d entries (the next run repairs this): %w", n, err)
+	}
+	res.Deleted = n
+	return nil
+}
+
+func trimStaged(opts Options, st *State, view kernelView, covered Covered, w *securityfs.Writer, res *Result) error {
+	if len(view.staged) > 0 && st.Carry > 0 {
+		return fmt.Errorf("trim: %d carried entries and %d staged entries wait for a shard; run snapshot first", st.Carry, len(view.staged))
+	}
+
+	staged := view.staged
+	if len(staged) == 0 {
+		if err := w.Stage(); err != nil {
+			if errors.Is(err, securityfs.ErrNothingToStage) {
+				return nil
+			}
+			return fmt.Errorf("trim: %w", err)
+		}
+		data, err := readAll(w)
+		if err != nil {
+			return err
+		}
+		if staged, err = opts.Split(data); err != nil {
+			return fmt.Errorf("parse staged list %s: %w", w.Name(), err)
+		}
+		// Staging moved a prefix of the current list, which may have grown
+		// since it was read; the staged list must start with what was read.
+		for i := 0; i < len(view.current) && i < len(staged); i++ {
+			if !bytes.Equal(staged[i], view.current[i]) {
+				return fmt.Errorf("%w: staged entry %d differs from current entry %d read before staging", ErrMismatch, i, i)
+			}
+		}
+	}
+
+	start := st.KernelStart()
+	n := covered.End() - start
+	if n <= 0 {
+		slog.Info("trim: the shards hold no staged entry yet; they stay staged", "staged", len(staged))
+		return nil
+	}
+	if n > int64(len(staged)) {
+		n = int64(len(staged))
+	}
+	if err := compareCovered(staged, start, n, covered); err != nil {
+		return err
+	}
+
+	// The kernel deletes all staged entries at once, so the ones no shard
+	// holds go to a carry file first and come before the kernel list in
+	// history until a shard holds them.
+	after := *st
+	after.Pending = nil
+	uncovered := staged[n:]
+	if len(uncovered) > 0 {
+		name := fmt.Sprintf("carry-%d.bin", start+n)
+		if err := WriteFileDurable(filepath.Join(opts.Dir, name), bytes.Join(uncovered, nil)); err != nil {
+			return fmt.Errorf("save %d staged entries no shard holds yet: %w", len(uncovered), err)
+		}
+		after.CarryFile = name
+		after.Carry = int64(len(uncovered))
+	}
+	after.LiveStart = start + n
+
+	if err := beginPending(opts.Dir, st, staged, int64(len(staged)), true, &after); err != nil {
+		return err
+	}
+	crashPoint("intent-recorded")
+
+	if err := w.Delete(); err != nil {
+		return abortPending(opts.Dir, st, fmt.Errorf("delete %d staged entries: %w", len(staged), err))
+	}
+	crashPoint("deleted")
+
+	*st = after
+	if err := SaveState(opts.Dir, st); err != nil {
+		return fmt.Errorf("record deletion of %d staged entries (the next run repairs this): %w", len(staged), err)
+	}
+	res.Deleted = int64(len(staged))
+	res.Carried = int64(len(uncovered))
+	return nil
+}
+
+func digestEntries(entries [][]byte) []byte {
+	h := sha256.New()
+	for _, e := range entries {
+		h.Write(e)
+	}
+	return h.Sum(nil)
+}
+
+// beginPending durably records that count entries at the head of list are
+// about to be deleted, with the state to record afterwards.
+func beginPending(dir string, st *State, list [][]byte, count int64, staged bool, after *State) error {
+	intent := *st
+	intent.Pending = &PendingTrim{
+		Count:       count,
+		ListEntries: int64(len(list)),
+		HeadDigest:  digestEntries(list[:count]),
+		KeptDigest:  digestEntries(list[count:]),
+		Staged:      staged,
+		After:       after,
+	}
+	if err := SaveState(dir, &intent); err != nil {
+		return fmt.Errorf("record trim intent, nothing deleted: %w", err)
+	}
+	return nil
+}
+
+func abortPending(dir string, st *State, cause error) error {
+	st.Pending = nil
+	if err := SaveState(dir, st); err != nil {
+		slog.Error("trim failed and clearing its intent failed too; the next run resolves it", "err", err)
+	}
+	if st.CarryFile == "" {
+		removeStaleCarry(dir, "")
+	}
+	return cause
+}
+
+// resolvePending decides from the kernel's lists whether a recorded
+// deletion happened, and records the outcome.
+func resolvePending(dir string, st *State, view kernelView) error {
+	p := st.Pending
+	var notDeleted, deleted bool
+	if p.Staged {
+		// "D" deletes the whole staged list, which does not grow, so the
+		// staged list is either exactly what was staged or something else.
+		notDeleted = int64(len(view.staged)) == p.Count &&
+			bytes.Equal(digestEntries(view.staged), p.HeadDigest)
+		deleted = !notDeleted
+	} else {
+		list := view.all()
+		kept := p.ListEntries - p.Count
+		notDeleted = int64(len(list)) >= p.ListEntries &&
+			bytes.Equal(digestEntries(list[:p.Count]), p.HeadDigest) &&
+			bytes.Equal(digestEntries(list[p.Count:p.ListEntries]), p.KeptDigest)
+		deleted = int64(len(list)) >= kept &&
+			bytes.Equal(digestEntries(list[:kept]), p.KeptDigest)
+	}
+
+	switch {
+	case notDeleted && deleted:
+		// TODO: decide by replaying both candidates to the TPM's PCRs.
+		return fmt.Errorf("%w: the list starts with the same %d entries either way; check with `imashard verify --live`, then edit %s", ErrAmbiguous, p.Count, StateFile)
+	case deleted:
+		slog.Info("trim: an interrupted trim had deleted its entries; recording it", "count", p.Count)
+		*st = *p.After
+		if err := SaveState(dir, st); err != nil {
+			return fmt.Errorf("record the interrupted trim of %d entries: %w", p.Count, err)
+		}
+	case notDeleted:
+		slog.Info("trim: an interrupted trim had not deleted its entries; dropping its intent", "count", p.Count)
+		carry := p.After.CarryFile
+		st.Pending = nil
+		if err := SaveState(dir, st); err != nil {
+			return fmt.Errorf("drop the intent of an interrupted trim: %w", err)
+		}
+		if carry != "" && carry != st.CarryFile {
+			removeStaleCarry(dir, carry)
+		}
+	default:
+		return fmt.Errorf("%w: the kernel list matches neither outcome of an interrupted trim of %d entries; another tool changed it", ErrMismatch, p.Count)
+	}
+	return nil
+}
+
+func removeStaleCarry(dir, name string) {
+	if name == "" {
+		return
+	}
+	if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Warn("trim: could not remove an unused carry file", "file", name, "err", err)
+	}
+}
+
+// dropCoveredCarry removes carried entries once shards hold them.
+func dropCoveredCarry(dir string, st *State, covered Covered) (int64, error) {
+	if st.Carry == 0 || covered.End() <= st.LiveStart {
+		return 0, nil
+	}
+	entries, err := ReadCarry(dir, st)
+	if err != nil {
+		return 0, err
+	}
+	n := covered.End() - st.LiveStart
+	if n > st.Carry {
+		n = st.Carry
+	}
+	if err := compareCovered(entries, st.LiveStart, n, covered); err != nil {
+		return 0, fmt.Errorf("carried entries: %w", err)
+	}
+
+	old := st.CarryFile
+	next := *st
+	next.LiveStart += n
+	next.Carry -= n
+	next.CarryFile = ""
+	if next.Carry > 0 {
+		next.CarryFile = fmt.Sprintf("carry-%d.bin", next.LiveStart)
+		if err := WriteFileDurable(filepath.Join(dir, next.CarryFile), bytes.Join(entries[n:], nil)); err != nil {
+			return 0, err
+		}
+	}
+	if err := SaveState(dir, &next); err != nil {
+		return 0, err
+	}
+	*st = next
+	if old != st.CarryFile {
+		removeStaleCarry(dir, old)
+	}
+	return n, nil
+}

@@ -1,0 +1,489 @@
+package trim
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/imashard/imashard/internal/vmtest"
+	"github.com/imashard/imashard/pkg/pcr"
+	"github.com/imashard/imashard/pkg/securityfs"
+)
+
+func TestMain(m *testing.M) {
+	SetSplit(splitSHA1)
+	if vmtest.InGuest() {
+		vmtest.GuestMain(m)
+	}
+	os.Exit(m.Run())
+}
+
+// splitSHA1 splits a little-endian SHA-1 binary list with non-legacy
+// templates into raw entries.
+func splitSHA1(data []byte) ([][]byte, error) {
+	var entries [][]byte
+	for off := 0; off < len(data); {
+		start := off
+		if off+28 > len(data) {
+			return nil, fmt.Errorf("entry %d truncated at byte %d", len(entries), off)
+		}
+		off += 24
+		nameLen := int(binary.LittleEndian.Uint32(data[off:]))
+		off += 4
+		if nameLen > 255 || off+nameLen+4 > len(data) {
+			return nil, fmt.Errorf("entry %d: invalid name length %d at byte %d", len(entries), nameLen, off-4)
+		}
+		off += nameLen
+		dataLen := int(binary.LittleEndian.Uint32(data[off:]))
+		off += 4
+		if off+dataLen > len(data) {
+			return nil, fmt.Errorf("entry %d: template data length %d past the end", len(entries), dataLen)
+		}
+		off += dataLen
+		entries = append(entries, data[start:off])
+	}
+	return entries, nil
+}
+
+func entry(name string) []byte {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, uint32(10))
+	b.Write(bytes.Repeat([]byte{0xAB}, 20))
+	binary.Write(&b, binary.LittleEndian, uint32(len("ima-ng")))
+	b.WriteString("ima-ng")
+	binary.Write(&b, binary.LittleEndian, uint32(len(name)))
+	b.WriteString(name)
+	return b.Bytes()
+}
+
+func entries(names ...string) [][]byte {
+	var out [][]byte
+	for _, n := range names {
+		out = append(out, entry(n))
+	}
+	return out
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	st, err := LoadState(dir)
+	if err != nil || st.LiveStart != 0 || st.Pending != nil {
+		t.Fatalf("LoadState(empty dir) = %+v, %v; want live start 0", st, err)
+	}
+	st.LiveStart = 42
+	st.Carry = 2
+	st.CarryFile = "carry-42.bin"
+	if err := SaveState(dir, st); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.LiveStart != 42 || got.Carry != 2 || got.KernelStart() != 44 {
+		t.Fatalf("LoadState = %+v, want live start 42, carry 2", got)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*tmp*"))
+	if len(leftovers) != 0 {
+		t.Errorf("temporary files left: %v", leftovers)
+	}
+}
+
+func TestLoadStateRejectsBadFiles(t *testing.T) {
+	cases := map[string]string{
+		"not json":       "{",
+		"future version": `{"version": 9, "live_start": 1}`,
+		"negative start": `{"version": 1, "live_start": -1}`,
+		"carry no file":  `{"version": 1, "live_start": 1, "carry": 3}`,
+		"pending empty":  `{"version": 1, "live_start": 1, "pending": {"count": 0, "list_entries": 0, "after": {}}}`,
+	}
+	for name, content := range cases {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, StateFile), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadState(dir); err == nil {
+			t.Errorf("%s: LoadState accepted %s", name, content)
+		}
+	}
+}
+
+func TestResolvePending(t *testing.T) {
+	list := entries("a", "b", "c", "d")
+	pendingState := func() *State {
+		after := &State{LiveStart: 12}
+		return &State{LiveStart: 10, Pending: &PendingTrim{
+			Count: 2, ListEntries: 4,
+			HeadDigest: digestEntries(list[:2]), KeptDigest: digestEntries(list[2:]),
+			After: after,
+		}}
+	}
+
+	t.Run("not deleted", func(t *testing.T) {
+		dir := t.TempDir()
+		st := pendingState()
+		live := append(entries("a", "b", "c", "d"), entry("e"))
+		if err := resolvePending(dir, st, kernelView{current: live}); err != nil {
+			t.Fatal(err)
+		}
+		if st.LiveStart != 10 || st.Pending != nil {
+			t.Fatalf("state = %+v, want live start 10 and no pending trim", st)
+		}
+	})
+	t.Run("deleted", func(t *testing.T) {
+		dir := t.TempDir()
+		st := pendingState()
+		live := entries("c", "d", "e")
+		if err := resolvePending(dir, st, kernelView{current: live}); err != nil {
+			t.Fatal(err)
+		}
+		if st.LiveStart != 12 || st.Pending != nil {
+			t.Fatalf("state = %+v, want live start 12", st)
+		}
+		saved, err := LoadState(dir)
+		if err != nil || saved.LiveStart != 12 {
+			t.Fatalf("saved state = %+v, %v; want live start 12", saved, err)
+		}
+	})
+	t.Run("staged", func(t *testing.T) {
+		staged := entries("a", "b")
+		mk := func() *State {
+			return &State{LiveStart: 0, Pending: &PendingTrim{
+				Count: 2, ListEntries: 2, Staged: true,
+				HeadDigest: digestEntries(staged), KeptDigest: digestEntries(nil),
+				After: &State{LiveStart: 2},
+			}}
+		}
+		st := mk()
+		if err := resolvePending(t.TempDir(), st, kernelView{staged: entries("a", "b"), current: entries("c")}); err != nil || st.LiveStart != 0 {
+			t.Errorf("still staged: state %+v, %v; want live start 0", st, err)
+		}
+		st = mk()
+		if err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "b")}); err != nil || st.LiveStart != 2 {
+			t.Errorf("staged list empty: state %+v, %v; want live start 2", st, err)
+		}
+	})
+	t.Run("changed by others", func(t *testing.T) {
+		st := pendingState()
+		err := resolvePending(t.TempDir(), st, kernelView{current: entries("x", "y")})
+		if !errors.Is(err, ErrMismatch) {
+			t.Fatalf("resolvePending = %v, want ErrMismatch", err)
+		}
+	})
+	t.Run("ambiguous", func(t *testing.T) {
+		same := entries("a", "a")
+		st := &State{LiveStart: 0, Pending: &PendingTrim{
+			Count: 1, ListEntries: 2,
+			HeadDigest: digestEntries(same[:1]), KeptDigest: digestEntries(same[1:]),
+			After: &State{LiveStart: 1},
+		}}
+		err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "a")})
+		if !errors.Is(err, ErrAmbiguous) {
+			t.Fatalf("resolvePending = %v, want ErrAmbiguous", err)
+		}
+	})
+}
+
+func TestCompareCovered(t *testing.T) {
+	covered := Covered{Start: 5, Raw: entries("a", "b", "c")}
+	if err := compareCovered(entries("b", "c"), 6, 2, covered); err != nil {
+		t.Errorf("matching entries: %v", err)
+	}
+	if err := compareCovered(entries("b", "x"), 6, 2, covered); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "history index 7") {
+		t.Errorf("changed entry: %v, want ErrMismatch at history index 7", err)
+	}
+	if err := compareCovered(entries("c", "d"), 7, 2, covered); !errors.Is(err, ErrGap) {
+		t.Errorf("past the shards: %v, want ErrGap", err)
+	}
+}
+
+// TestInKernel boots the custom kernel with this package's tests as /init.
+func TestInKernel(t *testing.T) {
+	kernel := vmtest.Kernel(t)
+	res, err := vmtest.Run(context.Background(), t, vmtest.Options{
+		Kernel:  kernel,
+		Package: ".",
+		Dir:     ".",
+		Args:    []string{"-test.v", "-test.run=^TestGuest"},
+	})
+	if res != nil {
+		t.Logf("guest console:\n%s", res.Console)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 0 {
+		t.Fatalf("guest tests exited with %d", res.ExitCode)
+	}
+	for _, name := range []string{"TestGuestTrimRounds", "TestGuestTrimMismatch", "TestGuestTrimStagedCarry", "TestGuestTrimCrash"} {
+		if !strings.Contains(res.Console, "--- PASS: "+name) {
+			t.Errorf("guest did not pass %s", name)
+		}
+	}
+}
+
+// guest is one chain directory against the live kernel list. Its history
+// starts at the list's first entry when the test begins.
+type guest struct {
+	t       *testing.T
+	dir     string
+	fs      *securityfs.FS
+	history [][]byte // every entry seen so far, by history index
+	seq     int
+}
+
+func newGuest(t *testing.T) *guest {
+	t.Helper()
+	if !vmtest.InGuest() && os.Getenv("IMASHARD_GUEST_CHILD") == "" {
+		t.Skip("runs inside the custom kernel; TestInKernel starts it")
+	}
+	fs, err := securityfs.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &guest{t: t, dir: t.TempDir(), fs: fs}
+}
+
+func (g *guest) measure(n int) {
+	g.t.Helper()
+	for i := 0; i < n; i++ {
+		g.seq++
+		p := fmt.Sprintf("/tmp/%s-%d", filepath.Base(g.dir), g.seq)
+		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+			g.t.Fatal(err)
+		}
+		if _, err := os.ReadFile(p); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+}
+
+// live reads the live part of the history and checks that it continues
+// the history seen so far, returning the whole history.
+func (g *guest) live() [][]byte {
+	g.t.Helper()
+	l, err := ReadLive(g.dir, g.fs, pcr.SHA1)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	got, err := splitSHA1(l.Data)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if l.Start > int64(len(g.history)) {
+		g.t.Fatalf("live start %d is past the %d entries seen: entries lost", l.Start, len(g.history))
+	}
+	for i, e := range got {
+		idx := l.Start + int64(i)
+		if idx < int64(len(g.history)) && !bytes.Equal(g.history[idx], e) {
+			g.t.Fatalf("live entry at history index %d differs from the one seen before: duplicated or lost entries", idx)
+		}
+		if idx >= int64(len(g.history)) {
+			g.history = append(g.history, e)
+		}
+	}
+	if want := int64(len(g.history)) - l.Start; int64(len(got)) != want {
+		g.t.Fatalf("live part has %d entries from index %d, history has %d", len(got), l.Start, len(g.history))
+	}
+	return g.history
+}
+
+// shards returns the first n history entries as what durable shards hold.
+func (g *guest) shards(n int) Covered {
+	return Covered{Start: 0, Raw: g.history[:n]}
+}
+
+func (g *guest) opts(staged bool) Options {
+	return Options{Dir: g.dir, FS: g.fs, Alg: pcr.SHA1, Split: splitSHA1, Staged: staged}
+}
+
+func TestGuestTrimRounds(t *testing.T) {
+	g := newGuest(t)
+	for round := 0; round < 3; round++ {
+		g.measure(5)
+		h := g.live()
+		covered := g.shards(len(h) - 2) // the last two stay for the next round
+
+		res, err := Trim(g.opts(false), covered)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if res.LiveStart != covered.End() {
+			t.Fatalf("round %d: live start %d, want %d", round, res.LiveStart, covered.End())
+		}
+		count, err := g.fs.Count()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if count < 2 || count > 4 {
+			t.Errorf("round %d: kernel count %d after trim, want the 2 uncovered entries plus at most a few new", round, count)
+		}
+		g.live()
+	}
+
+	// A second trim with the same shards deletes nothing.
+	h := g.live()
+	st, _ := LoadState(g.dir)
+	res, err := Trim(g.opts(false), g.shards(int(st.LiveStart)))
+	if err != nil || res.Deleted != 0 {
+		t.Fatalf("repeated trim = %+v, %v; want nothing deleted", res, err)
+	}
+	if len(g.live()) != len(h) {
+		t.Fatal("repeated trim changed the history")
+	}
+}
+
+func TestGuestTrimMismatch(t *testing.T) {
+	g := newGuest(t)
+	g.measure(3)
+	h := g.live()
+	forged := append([][]byte{}, h...)
+	forged[1] = append([]byte{}, forged[1]...)
+	forged[1][10] ^= 0xFF
+	before, _ := g.fs.Count()
+
+	_, err := Trim(g.opts(false), Covered{Start: 0, Raw: forged})
+	if !errors.Is(err, ErrMismatch) {
+		t.Fatalf("Trim with a changed shard entry = %v, want ErrMismatch", err)
+	}
+	after, _ := g.fs.Count()
+	if after < before {
+		t.Fatalf("kernel count went from %d to %d after a rejected trim", before, after)
+	}
+	st, _ := LoadState(g.dir)
+	if st.LiveStart != 0 || st.Pending != nil {
+		t.Fatalf("state after a rejected trim = %+v", st)
+	}
+}
+
+func TestGuestTrimStagedCarry(t *testing.T) {
+	g := newGuest(t)
+	g.measure(4)
+	h := g.live()
+	covered := g.shards(len(h) - 3)
+
+	res, err := Trim(g.opts(true), covered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Carried < 3 {
+		t.Errorf("carried %d entries, want the 3 uncovered staged entries at least", res.Carried)
+	}
+	if res.LiveStart != covered.End() || res.KernelStart != covered.End()+res.Carried {
+		t.Errorf("result %+v: live start want %d", res, covered.End())
+	}
+	// Writing the carry and state files adds measurements, so the kernel
+	// list is not empty, but it holds none of the staged entries.
+	count, _ := g.fs.Count()
+	if count >= int64(len(h)) {
+		t.Errorf("kernel count %d after a staged trim of %d entries", count, len(h))
+	}
+	h = g.live()
+
+	// Once shards hold the carried entries, the carry file goes away.
+	g.measure(2)
+	h = g.live()
+	res, err = Trim(g.opts(true), g.shards(len(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CarryUsed == 0 {
+		t.Errorf("result %+v: carried entries not dropped", res)
+	}
+	st, _ := LoadState(g.dir)
+	if st.LiveStart != int64(len(h)) {
+		t.Errorf("state %+v: live start want %d, the end of the shards", st, len(h))
+	}
+	g.live()
+}
+
+// TestGuestTrimCrash kills a trimming child process at each step and
+// checks that the next Trim repairs the state without losing or repeating
+// an entry.
+func TestGuestTrimCrash(t *testing.T) {
+	for _, step := range []string{"intent-recorded", "deleted"} {
+		for _, staged := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/staged=%v", step, staged), func(t *testing.T) {
+				g := newGuest(t)
+				g.measure(3)
+				h := g.live()
+				covered := g.shards(len(h) - 1)
+				if err := saveCovered(g.dir, covered); err != nil {
+					t.Fatal(err)
+				}
+
+				cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
+				cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+g.dir, "CRASH_STEP="+step, fmt.Sprintf("CRASH_STAGED=%v", staged))
+				out, err := cmd.CombinedOutput()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+					t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
+				}
+
+				st, err := LoadState(g.dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Pending == nil {
+					t.Fatalf("state after a crash at %s has no pending trim: %+v", step, st)
+				}
+				if _, err := ReadLive(g.dir, g.fs, pcr.SHA1); err == nil {
+					t.Error("ReadLive with a pending trim succeeded, want an error")
+				}
+
+				res, err := Trim(g.opts(staged), covered)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !res.Recovered {
+					t.Error("Trim did not report the recovery")
+				}
+				if res.LiveStart != covered.End() {
+					t.Errorf("live start %d after recovery, want %d", res.LiveStart, covered.End())
+				}
+				g.live()
+			})
+		}
+	}
+}
+
+func saveCovered(dir string, c Covered) error {
+	return os.WriteFile(filepath.Join(dir, "covered.bin"), bytes.Join(c.Raw, nil), 0o644)
+}
+
+// TestGuestChildCrash trims and is killed at CRASH_STEP; TestGuestTrimCrash
+// starts it.
+func TestGuestChildCrash(t *testing.T) {
+	dir := os.Getenv("CRASH_DIR")
+	if dir == "" {
+		t.Skip("child of TestGuestTrimCrash only")
+	}
+	fs, err := securityfs.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "covered.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := splitSHA1(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := os.Getenv("CRASH_STEP")
+	crashPoint = func(s string) {
+		if s == step {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+	_, err = Trim(Options{Dir: dir, FS: fs, Alg: pcr.SHA1, Split: splitSHA1, Staged: os.Getenv("CRASH_STAGED") == "true"}, Covered{Raw: raw})
+	t.Fatalf("Trim returned %v instead of being killed at %s", err, step)
+}
