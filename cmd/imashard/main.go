@@ -28,6 +28,7 @@ var errUsage = errors.New("usage error")
 func commands() []command {
 	return []command{
 		// Subcommands are listed here in the order of a typical workflow.
+		{"securityfs", "show the kernel's IMA lists, counters and trim support", runSecurityfs},
 	}
 }
 

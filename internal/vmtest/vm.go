@@ -32,6 +32,7 @@ type Options struct {
 	Dir     string        // module root to build in
 	Args    []string      // test binary flags, e.g. -test.run=TestGuest
 	Policy  string        // ima_policy= value; default tcb
+	Extra   map[string]File // more initramfs files, e.g. "kernel" for kexec tests
 	Timeout time.Duration // whole run; default 3 minutes
 }
 
@@ -85,13 +86,17 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	archive, err := NewcArchive(map[string]File{
+	files := map[string]File{
 		"init": {Mode: 0o755, Data: initData},
 		"dev":  {Mode: 0o755, Dir: true},
 		"proc": {Mode: 0o755, Dir: true},
 		"sys":  {Mode: 0o755, Dir: true},
 		"tmp":  {Mode: 0o1777, Dir: true},
-	})
+	}
+	for name, f := range opts.Extra {
+		files[name] = f
+	}
+	archive, err := NewcArchive(files)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +141,12 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 	}
 
 	out := console.String()
-	m := regexp.MustCompile(exitMarker + `(-?\d+)`).FindStringSubmatch(out)
+	// After a kexec every boot prints its own exit code; the last one counts.
+	all := regexp.MustCompile(exitMarker + `(-?\d+)`).FindAllStringSubmatch(out, -1)
+	var m []string
+	if len(all) > 0 {
+		m = all[len(all)-1]
+	}
 	if m == nil {
 		return &Result{Console: out, ExitCode: -1}, errors.New("guest ended without printing its exit code (kernel panic or /init crash?)")
 	}
