@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -194,47 +193,3 @@ func (f *FS) ReadStaged(alg pcr.Alg) ([]byte, error) {
 	return data, err
 }
 
-// Pair is the staged and the current list of one bank, both open for
-// writing by one thread, so that nothing else can stage, delete or read
-// between reading both lists and changing them.
-type Pair struct {
-	Staged  *Writer
-	Current *Writer
-}
-
-// OpenPair opens the _staged and the current binary list of a bank for
-// writing. The kernel lets only the thread that holds the write lock open
-// a second list, and it tracks that second open by thread: closing it from
-// another thread releases the lock early and corrupts the kernel's count
-// of open lists. So OpenPair locks the goroutine to its thread until Close,
-// and the caller must call Close from the same goroutine.
-func (f *FS) OpenPair(alg pcr.Alg) (*Pair, error) {
-	runtime.LockOSThread()
-	staged, err := f.OpenWriter(alg, true)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	path, err := f.ListPath(alg, false)
-	if err != nil {
-		staged.Close()
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	file, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		staged.Close()
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("open %s while holding %s: %w", path, staged.Name(), mapErrno(err, 0, true))
-	}
-	return &Pair{Staged: staged, Current: &Writer{file: file}}, nil
-}
-
-// Close closes both lists, the second open first as the kernel expects,
-// and unlocks the goroutine from its thread.
-func (p *Pair) Close() error {
-	err1 := p.Current.Close()
-	err2 := p.Staged.Close()
-	runtime.UnlockOSThread()
-	return errors.Join(err1, err2)
-}

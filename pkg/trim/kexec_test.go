@@ -80,6 +80,9 @@ func TestGuestKexecHandover(t *testing.T) {
 	if _, err := os.Stat("/expected.bin"); err == nil {
 		t.Skip("second boot")
 	}
+	if _, err := os.Stat("/kernel"); err != nil {
+		t.Skip("no /kernel in the initramfs; TestInKernelKexec adds it")
+	}
 	g := newGuest(t)
 	g.measure(3)
 
@@ -174,4 +177,13 @@ func TestGuestAfterKexec(t *testing.T) {
 		t.Fatalf("no new boot_aggregate after the %d carried entries (boot_aggregate at %v)", len(prev), aggregates)
 	}
 	t.Logf("carried %d entries; boot_aggregate at %v", len(prev), aggregates)
+
+	// The previous kernel's snapshot takes the place of the final shard.
+	next, how, err := Reconcile(&State{Version: stateVersion}, Covered{Start: 0, Raw: prev}, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if how != Carried || next.LiveStart != 0 {
+		t.Errorf("Reconcile = %q from %d, want carried from 0", how, next.LiveStart)
+	}
 }

@@ -39,7 +39,7 @@ var splitCarry = func(data []byte, want int64) ([][]byte, error) {
 		return nil, err
 	}
 	if int64(len(entries)) != want {
-		return nil, fmt.Errorf("holds %d entries, the state file says %d", len(entries), want)
+		return nil, fmt.Errorf("contains %d entries, but the state file records %d", len(entries), want)
 	}
 	return entries, nil
 }

@@ -1,12 +1,13 @@
 // Package trim deletes from the kernel's IMA measurement list the entries
-// that durable shards already hold, and records beside the shards which
-// history index the kernel's first live entry has, so snapshots and
+// that durable shards already contain. It records beside the shards the
+// history index of the first entry not yet deleted, so snapshots and
 // verification keep working after the list no longer starts at boot.
 //
-// A trim is a two-step change (the kernel's list and the state file) that a
-// crash can interrupt. Before deleting, Trim records its intent durably;
-// Recover later decides from the live list whether the deletion happened
-// and finishes the record, so no entry is lost or counted twice.
+// A trim changes two things that a crash can separate: the kernel's list
+// and the state file. So Trim records its intent durably before the kernel
+// deletes, and the next Trim decides from the kernel's lists whether the
+// deletion happened and records the outcome. No entry is lost or counted
+// twice.
 package trim
 
 import (
@@ -56,7 +57,7 @@ type PendingTrim struct {
 	// HeadDigest and KeptDigest are SHA-256 digests over the raw entries
 	// [0, Count) and [Count, ListEntries) of the list at that moment. After
 	// the deletion the list starts with the kept entries, before it with
-	// the head, so Recover tells the two apart.
+	// the head, so the next Trim can distinguish the two.
 	HeadDigest []byte `json:"head_sha256"`
 	KeptDigest []byte `json:"kept_sha256"`
 

@@ -19,8 +19,8 @@ var (
 	// with the same history index. Nothing is deleted.
 	ErrMismatch = errors.New("live IMA list does not match the shards")
 
-	// ErrGap reports shards that do not reach back to the live list's
-	// first entry, so they cannot say what the list holds.
+	// ErrGap reports a history index that no shard contains although the
+	// trim needs it to check the live list.
 	ErrGap = errors.New("shards do not cover the start of the live list")
 
 	// ErrAmbiguous reports an interrupted trim whose outcome the live list
@@ -84,20 +84,39 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 		return nil, err
 	}
 
-	// Both lists stay open for writing until the end, so no other process
-	// reads or changes them between the comparison and the deletion, and a
-	// trim sees entries staged ahead of the current list.
-	pair, err := opts.FS.OpenPair(opts.Alg)
-	if err != nil {
-		return nil, fmt.Errorf("trim: %w", err)
-	}
-	defer pair.Close()
-
-	res := &Result{}
-	view, err := readKernelView(opts, pair)
+	// Only one list is opened for writing. The kernel tracks a second
+	// write open per thread, and a process killed while holding two leaves
+	// every list busy until reboot. The other list is read before, with
+	// read opens; a change to it in between shows up as a mismatch.
+	before, err := readLists(opts)
 	if err != nil {
 		return nil, err
 	}
+	if !opts.Staged && len(before.staged) > 0 && (st.Pending == nil || !st.Pending.Staged) {
+		return nil, fmt.Errorf("trim: %d entries are staged ahead of the current list (left by another tool, a crash or the previous kernel); run with --trim-mode staged to delete them", len(before.staged))
+	}
+	w, err := opts.FS.OpenWriter(opts.Alg, opts.Staged)
+	if err != nil {
+		return nil, fmt.Errorf("trim: %w", err)
+	}
+	defer w.Close()
+
+	view := before
+	data, err := readAll(w)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := opts.Split(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", w.Name(), err)
+	}
+	if opts.Staged {
+		view.staged = entries
+	} else {
+		view.current = entries
+	}
+
+	res := &Result{}
 	if st.Pending != nil {
 		if err := resolvePending(opts.Dir, st, view); err != nil {
 			return nil, err
@@ -117,9 +136,9 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 	}
 
 	if opts.Staged {
-		err = trimStaged(opts, st, view, covered, pair.Staged, res)
+		err = trimStaged(opts, st, view, covered, w, res)
 	} else {
-		err = trimCount(opts, st, view, covered, pair.Current, res)
+		err = trimCount(opts, st, view, covered, w, res)
 	}
 	res.LiveStart = st.LiveStart
 	res.KernelStart = st.KernelStart()
@@ -139,23 +158,45 @@ func (v kernelView) all() [][]byte {
 	return append(append([][]byte{}, v.staged...), v.current...)
 }
 
-// readKernelView reads the staged and the current list through the pair.
-func readKernelView(opts Options, pair *securityfs.Pair) (kernelView, error) {
+// readLists reads the staged and the current list with read opens. Both
+// are open before either is read, so no writer can change them in between.
+func readLists(opts Options) (kernelView, error) {
 	var v kernelView
-	staged, err := readAll(pair.Staged)
+	var paths []string
+	stagedPath, err := opts.FS.ListPath(opts.Alg, true)
 	if err != nil {
 		return v, err
 	}
-	if v.staged, err = opts.Split(staged); err != nil {
-		return v, fmt.Errorf("parse staged list %s: %w", pair.Staged.Name(), err)
-	}
-	current, err := readAll(pair.Current)
+	currentPath, err := opts.FS.ListPath(opts.Alg, false)
 	if err != nil {
 		return v, err
 	}
-	if v.current, err = opts.Split(current); err != nil {
-		return v, fmt.Errorf("parse %s: %w", pair.Current.Name(), err)
+	paths = append(paths, stagedPath, currentPath)
+
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return v, fmt.Errorf("open %s: %w", p, err)
+		}
+		files = append(files, f)
 	}
+	lists := make([][][]byte, len(files))
+	for i, f := range files {
+		data, err := io.ReadAll(f)
+		if err != nil {
+			return v, fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+		if lists[i], err = opts.Split(data); err != nil {
+			return v, fmt.Errorf("parse %s: %w", f.Name(), err)
+		}
+	}
+	v.staged, v.current = lists[0], lists[1]
 	return v, nil
 }
 
@@ -176,7 +217,7 @@ func compareCovered(entries [][]byte, start, n int64, covered Covered) error {
 	for i := int64(0); i < n; i++ {
 		want, ok := covered.at(start + i)
 		if !ok {
-			return fmt.Errorf("%w: no shard holds history index %d", ErrGap, start+i)
+			return fmt.Errorf("%w: history index %d is in no shard", ErrGap, start+i)
 		}
 		if !bytes.Equal(entries[i], want) {
 			return fmt.Errorf("%w: live entry at history index %d (list position %d) differs from the shard entry; the list changed outside imashard or the state file is stale, nothing was deleted", ErrMismatch, start+i, i)
@@ -275,7 +316,7 @@ func trimStaged(opts Options, st *State, view kernelView, covered Covered, w *se
 	if len(uncovered) > 0 {
 		name := fmt.Sprintf("carry-%d.bin", start+n)
 		if err := WriteFileDurable(filepath.Join(opts.Dir, name), bytes.Join(uncovered, nil)); err != nil {
-			return fmt.Errorf("save %d staged entries no shard holds yet: %w", len(uncovered), err)
+			return fmt.Errorf("save %d staged entries that are in no shard yet (nothing deleted): %w", len(uncovered), err)
 		}
 		after.CarryFile = name
 		after.Carry = int64(len(uncovered))

@@ -72,7 +72,7 @@ func TestGuestWorkload(t *testing.T) {
 		g.measure(perRound)
 		measured := time.Since(start)
 
-		// The snapshot stands in for a shard: the live part joins history.
+		// The snapshot takes the place of a shard: the live part joins history.
 		h := g.live()
 		if *workloadMode == "trim" {
 			if _, err := Trim(g.opts(false), g.shards(len(h))); err != nil {

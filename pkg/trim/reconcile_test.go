@@ -1,0 +1,50 @@
+package trim
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestReconcile(t *testing.T) {
+	history := entries("boot_aggregate", "a", "b", "c", "d")
+	covered := Covered{Start: 0, Raw: history[:4]} // the final shard ends before "d"
+
+	t.Run("carried after trim", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 2}
+		list := append(entries("b", "c", "d"), entries("boot_aggregate", "e")...)
+		next, how, err := Reconcile(st, covered, list)
+		if err != nil || how != Carried || next.LiveStart != 2 {
+			t.Fatalf("Reconcile = %+v, %q, %v; want carried from 2", next, how, err)
+		}
+	})
+	t.Run("fresh list", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 2}
+		next, how, err := Reconcile(st, covered, entries("boot_aggregate", "e"))
+		if err != nil || how != Fresh || next.LiveStart != 4 {
+			t.Fatalf("Reconcile = %+v, %q, %v; want fresh at 4", next, how, err)
+		}
+	})
+	t.Run("carried list changed", func(t *testing.T) {
+		// Same length as a carried list but the second entry differs: not
+		// carried, so the list is taken as fresh after the shards.
+		st := &State{Version: stateVersion, LiveStart: 2}
+		next, how, err := Reconcile(st, covered, entries("b", "X", "d"))
+		if err != nil || how != Fresh || next.LiveStart != 4 {
+			t.Fatalf("Reconcile = %+v, %q, %v; want fresh", next, how, err)
+		}
+	})
+	t.Run("nothing covered", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 4}
+		_, _, err := Reconcile(st, covered, entries("d"))
+		if !errors.Is(err, ErrUncovered) {
+			t.Fatalf("err = %v, want ErrUncovered", err)
+		}
+	})
+	t.Run("carry not in shards", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 3, Carry: 2, CarryFile: "carry-3.bin"}
+		_, _, err := Reconcile(st, Covered{Start: 0, Raw: history[:4]}, entries("boot_aggregate"))
+		if !errors.Is(err, ErrUncovered) {
+			t.Fatalf("err = %v, want ErrUncovered", err)
+		}
+	})
+}
