@@ -213,6 +213,10 @@ func cutPCR(line []byte) (uint32, []byte, error) {
 }
 
 func (r *ASCIIReader) parseLine(line []byte) (*Entry, error) {
+	// The kernel prints names up to their NUL, so a NUL never appears.
+	if at := bytes.IndexByte(line, 0); at >= 0 {
+		return nil, fmt.Errorf("%w: NUL byte at column %d; this is not an ASCII list", ErrMalformed, at+1)
+	}
 	pcrIndex, rest, err := cutPCR(line)
 	if err != nil {
 		return nil, err

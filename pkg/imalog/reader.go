@@ -12,7 +12,7 @@ import (
 
 // readerBufferSize holds every entry the kernel writes for files in one
 // buffer, so most entries are framed without copying twice.
-const readerBufferSize = 256 << 10
+const readerBufferSize = 64 << 10
 
 // Reader reads a binary measurement list one entry at a time.
 type Reader struct {
