@@ -49,14 +49,16 @@ func openTransport(spec string) (rawTPM, bool, error) {
 		if path == "" {
 			return nil, false, fmt.Errorf("TPM spec %q: missing socket path after unix:", spec)
 		}
-		return &streamTPM{network: "unix", addr: path}, false, nil
+		s := &streamTPM{network: "unix", addr: path}
+		return s, false, s.connect()
 
 	case strings.HasPrefix(spec, "tcp:"):
 		addr := strings.TrimPrefix(spec, "tcp:")
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, false, fmt.Errorf("TPM spec %q: expected tcp:HOST:PORT: %w", spec, err)
 		}
-		return &streamTPM{network: "tcp", addr: addr}, false, nil
+		s := &streamTPM{network: "tcp", addr: addr}
+		return s, false, s.connect()
 
 	case strings.HasPrefix(spec, "mssim:"):
 		return openMSSim(spec)
@@ -128,11 +130,9 @@ func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
 	defer s.mu.Unlock()
 
 	if s.conn == nil {
-		conn, err := net.DialTimeout(s.network, s.addr, 10*time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("%w: connecting to TPM at %s:%s: %v (is swtpm running with --server on this address?)", ErrNoDevice, s.network, s.addr, err)
+		if err := s.dial(); err != nil {
+			return nil, err
 		}
-		s.conn = conn
 	}
 
 	rsp, err := s.exchange(cmd)
@@ -144,6 +144,23 @@ func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
 		return nil, fmt.Errorf("TPM at %s:%s: %w", s.network, s.addr, err)
 	}
 	return rsp, nil
+}
+
+// connect dials at Open, so a wrong path fails there and not at the first
+// command.
+func (s *streamTPM) connect() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dial()
+}
+
+func (s *streamTPM) dial() error {
+	conn, err := net.DialTimeout(s.network, s.addr, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("%w: connecting to the TPM at %s:%s: %v (is swtpm running with --server on this address?)", ErrNoDevice, s.network, s.addr, err)
+	}
+	s.conn = conn
+	return nil
 }
 
 func (s *streamTPM) exchange(cmd []byte) ([]byte, error) {
