@@ -181,3 +181,43 @@ func (i *Instance) Stop() error {
 	<-i.exited
 	return nil
 }
+
+// Manufacture runs swtpm_setup on an empty stateDir the way a TPM vendor
+// provisions a TPM: it creates the RSA and ECC EKs with certificates in NV
+// (RSA at 0x01c00002) and allocates the PCR banks in banks (such as
+// "sha1,sha256"). The certificates are signed by a throwaway local CA kept
+// in stateDir/ca, so the system's /var/lib/swtpm-localca stays untouched.
+func Manufacture(stateDir, banks string) error {
+	if _, err := exec.LookPath("swtpm_setup"); err != nil {
+		return fmt.Errorf("swtpm_setup not found on PATH: install it (Debian: apt-get install swtpm-tools): %w", err)
+	}
+	caDir := filepath.Join(stateDir, "ca")
+	if err := os.MkdirAll(caDir, 0o700); err != nil {
+		return err
+	}
+
+	localCAConf := filepath.Join(caDir, "swtpm-localca.conf")
+	err := os.WriteFile(localCAConf, []byte(fmt.Sprintf(
+		"statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", caDir)), 0o600)
+	if err != nil {
+		return err
+	}
+	localCAOptions := filepath.Join(caDir, "swtpm-localca.options")
+	if err := os.WriteFile(localCAOptions, []byte("--platform-manufacturer imashard\n--platform-version 1\n--platform-model test\n"), 0o600); err != nil {
+		return err
+	}
+	setupConf := filepath.Join(caDir, "swtpm_setup.conf")
+	err = os.WriteFile(setupConf, []byte(fmt.Sprintf(
+		"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = %s\n", localCAConf, localCAOptions, banks)), 0o600)
+	if err != nil {
+		return err
+	}
+
+	cmd := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", stateDir, "--config", setupConf,
+		"--create-ek-cert", "--pcr-banks", banks, "--overwrite")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("swtpm_setup on %s failed: %w\n%s", stateDir, err, out)
+	}
+	return nil
+}
