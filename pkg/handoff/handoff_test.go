@@ -253,3 +253,37 @@ func TestRunDryRunLoadsNothing(t *testing.T) {
 		t.Errorf("executed=%v initrd=%d bytes", l.executed, len(res.Initrd))
 	}
 }
+
+func TestKeepCopiesAndNeverOverwrites(t *testing.T) {
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "chain")
+	os.WriteFile(filepath.Join(src, "0001.shard"), []byte("one"), 0o644)
+	os.WriteFile(filepath.Join(src, "0002.shard"), []byte("two"), 0o644)
+
+	names, err := Keep(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(names, ",") != "0001.shard,0002.shard" {
+		t.Errorf("names = %v", names)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "0002.shard")); string(b) != "two" {
+		t.Errorf("kept 0002.shard = %q, want two", b)
+	}
+
+	// Same bytes again: no error.
+	if _, err := Keep(src, dst); err != nil {
+		t.Errorf("second keep of identical files: %v", err)
+	}
+
+	// Different bytes under an existing name: conflict, old file intact.
+	os.WriteFile(filepath.Join(src, "0001.shard"), []byte("ONE"), 0o644)
+	if _, err := Keep(src, dst); !errors.Is(err, ErrConflict) {
+		t.Errorf("err = %v, want ErrConflict", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "0001.shard")); string(b) != "one" {
+		t.Errorf("0001.shard overwritten with %q", b)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dst, ".keep-*")); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
