@@ -72,7 +72,7 @@ func runGuest(t *testing.T, g guest, stateDir string, files []handoff.File, time
 		t.Fatalf("run guest: %v", err)
 	}
 	if keep := os.Getenv("IMASHARD_KEEP_CONSOLE"); keep != "" {
-		os.WriteFile(filepath.Join(keep, t.Name()+".console.log"), []byte(res.Console), 0o644)
+		os.WriteFile(filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_")+".console.log"), []byte(res.Console), 0o644)
 	}
 	return res
 }
@@ -97,13 +97,16 @@ echo "@@imashard-end boot"
 
 // The handoff alone, without shards: boot 1 writes a file below /carry and
 // kexecs with `imashard kexec`; boot 2 must see the file and the counter.
+// Both system calls run, kexec_file_load under the default tcb policy.
 func TestKexecCarriesFile(t *testing.T) {
 	g := needGuest(t)
-	script := bootCounter + `
+	for _, syscall := range []string{"load", "file"} {
+		t.Run(syscall, func(t *testing.T) {
+			script := bootCounter + `
 if [ "$boot" = "1" ]; then
 	echo 2 > /carry/boot
 	echo carried-from-boot-1 > /carry/note
-	imashard kexec --kernel /carry/vmlinuz --initrd /carry/initramfs.cpio --carry /carry --carry /scenario.sh --skip-snapshot --force
+	imashard kexec --syscall ` + syscall + ` --kernel /carry/vmlinuz --initrd /carry/initramfs.cpio --carry /carry --carry /scenario.sh --skip-snapshot --force
 	echo "@@imashard-begin kexec-failed"
 	echo "@@imashard-end kexec-failed"
 else
@@ -112,17 +115,19 @@ else
 	echo "@@imashard-end note"
 fi
 `
-	res := runGuest(t, g, t.TempDir(), g.overlay(script), 4*time.Minute)
+			res := runGuest(t, g, t.TempDir(), g.overlay(script), 4*time.Minute)
 
-	boots := vm.Sections(res.Console, "boot")
-	if len(boots) != 2 || strings.TrimSpace(boots[0]) != "1" || strings.TrimSpace(boots[1]) != "2" {
-		t.Errorf("boot sections = %q, want [1 2]", boots)
-	}
-	if f := vm.Sections(res.Console, "kexec-failed"); len(f) != 0 {
-		t.Errorf("imashard kexec returned in boot 1 instead of rebooting")
-	}
-	notes := vm.Sections(res.Console, "note")
-	if len(notes) != 1 || strings.TrimSpace(notes[0]) != "carried-from-boot-1" {
-		t.Errorf("note sections = %q, want one with carried-from-boot-1", notes)
+			boots := vm.Sections(res.Console, "boot")
+			if len(boots) != 2 || strings.TrimSpace(boots[0]) != "1" || strings.TrimSpace(boots[1]) != "2" {
+				t.Errorf("boot sections = %q, want [1 2]", boots)
+			}
+			if f := vm.Sections(res.Console, "kexec-failed"); len(f) != 0 {
+				t.Errorf("imashard kexec returned in boot 1 instead of rebooting")
+			}
+			notes := vm.Sections(res.Console, "note")
+			if len(notes) != 1 || strings.TrimSpace(notes[0]) != "carried-from-boot-1" {
+				t.Errorf("note sections = %q, want one with carried-from-boot-1", notes)
+			}
+		})
 	}
 }
