@@ -58,6 +58,7 @@ tool (
 	github.com/u-root/u-root/cmds/core/cat
 	github.com/u-root/u-root/cmds/core/cmp
 	github.com/u-root/u-root/cmds/core/cp
+	github.com/u-root/u-root/cmds/core/dd
 	github.com/u-root/u-root/cmds/core/dmesg
 	github.com/u-root/u-root/cmds/core/echo
 	github.com/u-root/u-root/cmds/core/gosh
@@ -66,7 +67,9 @@ tool (
 	github.com/u-root/u-root/cmds/core/ls
 	github.com/u-root/u-root/cmds/core/mkdir
 	github.com/u-root/u-root/cmds/core/mount
+	github.com/u-root/u-root/cmds/core/rm
 	github.com/u-root/u-root/cmds/core/shutdown
 	github.com/u-root/u-root/cmds/core/sleep
 	github.com/u-root/u-root/cmds/core/sync
+	github.com/u-root/u-root/cmds/core/wc
 )

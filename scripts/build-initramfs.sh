@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 core=github.com/u-root/u-root/cmds/core
 cmds=()
-for c in init gosh ls cat cp mkdir mount echo dmesg kexec shutdown sleep cmp base64 sync; do
+for c in init gosh ls cat cp mkdir mount echo dmesg kexec shutdown sleep cmp base64 sync dd wc rm; do
 	cmds+=("$core/$c")
 done
 
