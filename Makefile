@@ -6,21 +6,32 @@ GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
 # Seconds each fuzz target runs during `make test`.
 FUZZTIME ?= 10s
 
-.PHONY: help deps build test unit fuzz vet clean kernel custom-kernel test-custom
+# Debian suite of the stock kernel for QEMU runs: bookworm, trixie or sid.
+KERNEL_SUITE ?= bookworm
+INITRAMFS := bin/initramfs.cpio
 
-# KERNEL selects the kernel the QEMU scenarios boot. KERNEL=custom builds
-# Linux 7.2 with CONFIG_IMA_KEXEC and CONFIG_IMA_STAGING from Debian sid's
-# linux-source package (scripts/build-custom-kernel.sh); the bzImage is
+# KERNEL=custom makes `kernel` and the QEMU scenarios use Linux 7.2 built
+# with CONFIG_IMA_KEXEC and CONFIG_IMA_STAGING from Debian sid's
+# linux-source package (scripts/build-custom-kernel.sh). The bzImage is
 # cached under $${XDG_CACHE_HOME:-$$HOME/.cache}/imashard/kernels/.
-
+KERNEL ?= stock
 CUSTOM_KERNEL := bin/kernels/custom/bzImage
+ifeq ($(KERNEL),custom)
+KERNEL_PATH_FILE := bin/kernel-custom.path
+else
+KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
+endif
+
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
 	@echo "make test    every test: unit, swtpm, short fuzz runs, QEMU scenarios"
 	@echo "make demo    QEMU + swtpm: snapshot, kexec twice, verify, report"
 	@echo "make deps    install the Debian packages the tests need (as root)"
-	@echo "make kernel KERNEL=custom   build or reuse the custom Linux 7.2 test kernel"
+	@echo "make kernel  download Debian's kernel (KERNEL_SUITE=bookworm|trixie|sid) into ~/.cache/imashard"
+	@echo "make kernel KERNEL=custom  build or reuse the Linux 7.2 kernel with IMA_KEXEC and IMA_STAGING"
+	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
 
 deps:
 	./scripts/install-deps.sh
@@ -38,18 +49,37 @@ unit: deps
 fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
+test: deps vet build unit fuzz qemu-test test-custom
+
+# The path of the extracted image goes to a file so that later targets
+# find it without resolving the version again.
+kernel:
+	@mkdir -p bin
 ifeq ($(KERNEL),custom)
-kernel: custom-kernel
+	./scripts/build-custom-kernel.sh $(CUSTOM_KERNEL) > $(KERNEL_PATH_FILE).tmp
+	mv $(KERNEL_PATH_FILE).tmp $(KERNEL_PATH_FILE)
+	@echo "kernel: $$(cat $(KERNEL_PATH_FILE))"
+else
+	KERNEL_SUITE=$(KERNEL_SUITE) ./scripts/fetch-kernel.sh > $(KERNEL_PATH_FILE).tmp
+	mv $(KERNEL_PATH_FILE).tmp $(KERNEL_PATH_FILE)
+	@echo "kernel: $$(cat $(KERNEL_PATH_FILE)) version $$(cat $$(dirname $$(cat $(KERNEL_PATH_FILE)))/version)"
 endif
 
 custom-kernel:
 	./scripts/build-custom-kernel.sh $(CUSTOM_KERNEL)
 
-# Package tests that boot the custom kernel under QEMU.
+initramfs:
+	./scripts/build-initramfs.sh $(INITRAMFS)
+
+# QEMU scenarios; the Go tests skip when these variables are missing.
+qemu-test: kernel initramfs
+	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
+		$(GO) test -count=1 -timeout 40m -v ./qemu/...
+
+# Package tests that boot the custom kernel under QEMU with the test
+# binary as /init (pkg/securityfs, pkg/trim).
 test-custom: custom-kernel
 	IMASHARD_CUSTOM_KERNEL=$(CURDIR)/$(CUSTOM_KERNEL) $(GO) test -count=1 ./pkg/securityfs/... ./pkg/trim/...
-
-test: deps vet build unit fuzz test-custom
 
 clean:
 	rm -rf bin
