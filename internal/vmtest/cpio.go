@@ -1,8 +1,6 @@
-// Package vmtest boots a kernel under QEMU with a swtpm TPM and a Go test
-// binary as /init, so package tests can run against a real kernel.
-//
-// NOTE: the shared QEMU harness under qemu/ replaces this once it lands; this
-// package exists so pkg/securityfs can test against the custom kernel first.
+// Package vmtest runs a package's Go test binary as /init of a kernel under
+// QEMU with a swtpm TPM, through the shared harness in qemu/vm, so package
+// tests can check their code against a real kernel.
 package vmtest
 
 import (

@@ -1,21 +1,19 @@
 package vmtest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imashard/imashard/qemu/vm"
 )
 
 // KernelEnv names the environment variable with the bzImage path of the
@@ -71,8 +69,6 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 	if opts.Policy == "" {
 		opts.Policy = "tcb"
 	}
-	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
-	defer cancel()
 	dir := t.TempDir()
 
 	binary := filepath.Join(dir, "init.test")
@@ -105,42 +101,31 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 		return nil, err
 	}
 
-	stopTPM, tpmSocket, err := startSwtpm(ctx, dir)
-	if err != nil {
+	// The shared harness starts swtpm and QEMU and stops both by PID.
+	stateDir := filepath.Join(dir, "tpm")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, err
 	}
-	defer stopTPM()
-
-	// Arguments after "--" reach /init as argv.
-	appendLine := "console=ttyS0 panic=-1 rootfstype=ramfs ima_policy=" + opts.Policy + " -- " + strings.Join(opts.Args, " ")
-	qemu := exec.Command("qemu-system-x86_64",
-		"-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot", "-nic", "none",
-		"-kernel", opts.Kernel, "-initrd", initrd, "-append", appendLine,
-		"-chardev", "socket,id=chrtpm,path="+tpmSocket,
-		"-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
-		"-device", "tpm-tis,tpmdev=tpm0")
-	var console lockedBuffer
-	qemu.Stdout = &console
-	qemu.Stderr = &console
-	slog.Info("starting QEMU", "kernel", opts.Kernel, "append", appendLine)
-	if err := qemu.Start(); err != nil {
-		return nil, fmt.Errorf("start qemu-system-x86_64: %w", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- qemu.Wait() }()
-
-	select {
-	case err := <-done:
-		if err != nil {
-			return &Result{Console: console.String(), ExitCode: -1}, fmt.Errorf("qemu exited: %w", err)
+	// Arguments after "--" reach /init as argv; a second ima_policy= adds
+	// its rules to the harness's tcb policy.
+	appendLine := "ima_policy=" + opts.Policy + " -- " + strings.Join(opts.Args, " ")
+	vmResult, err := vm.Run(ctx, vm.Config{
+		Kernel:   opts.Kernel,
+		Initrd:   initrd,
+		Append:   appendLine,
+		StateDir: stateDir,
+		WorkDir:  dir,
+		Timeout:  opts.Timeout,
+	})
+	if err != nil {
+		console := ""
+		if vmResult != nil {
+			console = vmResult.Console
 		}
-	case <-ctx.Done():
-		_ = syscall.Kill(qemu.Process.Pid, syscall.SIGKILL)
-		<-done
-		return &Result{Console: console.String(), ExitCode: -1}, fmt.Errorf("guest timed out after %v", opts.Timeout)
+		return &Result{Console: console, ExitCode: -1}, err
 	}
 
-	out := console.String()
+	out := vmResult.Console
 	// After a kexec every boot prints its own exit code; the last one counts.
 	all := regexp.MustCompile(exitMarker + `(-?\d+)`).FindAllStringSubmatch(out, -1)
 	var m []string
@@ -152,52 +137,4 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 	}
 	code, _ := strconv.Atoi(m[1])
 	return &Result{Console: out, ExitCode: code}, nil
-}
-
-func startSwtpm(ctx context.Context, dir string) (stop func(), socket string, err error) {
-	state := filepath.Join(dir, "tpm")
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		return nil, "", err
-	}
-	socket = filepath.Join(state, "swtpm.sock")
-	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
-		"--ctrl", "type=unixio,path="+socket, "--terminate")
-	var out lockedBuffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	if err := cmd.Start(); err != nil {
-		return nil, "", fmt.Errorf("start swtpm: %w", err)
-	}
-	stop = func() {
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
-		_ = cmd.Wait()
-	}
-	for {
-		if _, err := os.Stat(socket); err == nil {
-			return stop, socket, nil
-		}
-		select {
-		case <-ctx.Done():
-			stop()
-			return nil, "", fmt.Errorf("swtpm did not create %s: %s", socket, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

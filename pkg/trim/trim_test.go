@@ -14,12 +14,13 @@ import (
 	"testing"
 
 	"github.com/imashard/imashard/internal/vmtest"
+	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/securityfs"
 )
 
 func TestMain(m *testing.M) {
-	SetSplit(splitSHA1)
+	SetSplit(SplitWith(imalog.Options{}))
 	if vmtest.InGuest() {
 		vmtest.GuestMain(m)
 	}
@@ -302,7 +303,7 @@ func (g *guest) shards(n int) Covered {
 }
 
 func (g *guest) opts(staged bool) Options {
-	return Options{Dir: g.dir, FS: g.fs, Alg: pcr.SHA1, Split: splitSHA1, Staged: staged}
+	return Options{Dir: g.dir, FS: g.fs, Alg: pcr.SHA1, Split: SplitWith(imalog.Options{}), Staged: staged}
 }
 
 func TestGuestTrimRounds(t *testing.T) {
@@ -484,6 +485,29 @@ func TestGuestChildCrash(t *testing.T) {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		}
 	}
-	_, err = Trim(Options{Dir: dir, FS: fs, Alg: pcr.SHA1, Split: splitSHA1, Staged: os.Getenv("CRASH_STAGED") == "true"}, Covered{Raw: raw})
+	_, err = Trim(Options{Dir: dir, FS: fs, Alg: pcr.SHA1, Split: SplitWith(imalog.Options{}), Staged: os.Getenv("CRASH_STAGED") == "true"}, Covered{Raw: raw})
 	t.Fatalf("Trim returned %v instead of being killed at %s", err, step)
+}
+
+func TestSplitWithMatchesTestSplitter(t *testing.T) {
+	list := bytes.Join(entries("boot_aggregate", "/init", "/tmp/a"), nil)
+	got, err := SplitWith(imalog.Options{})(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := splitSHA1(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("SplitWith found %d entries, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Errorf("entry %d differs", i)
+		}
+	}
+	if _, err := SplitWith(imalog.Options{})(list[:len(list)-3]); err == nil {
+		t.Error("SplitWith accepted a truncated list")
+	}
 }
