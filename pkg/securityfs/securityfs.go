@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -92,7 +93,20 @@ func FindMount() (string, error) {
 	}
 	defer f.Close()
 
-	scanner := bufio.NewScanner(f)
+	mount, err := parseMountinfo(f)
+	if err != nil {
+		return "", fmt.Errorf("find securityfs: read /proc/self/mountinfo: %w", err)
+	}
+	if mount == "" {
+		return "", ErrNotMounted
+	}
+	return mount, nil
+}
+
+// parseMountinfo returns the mount point of the first securityfs in a
+// mountinfo file, or "" when there is none.
+func parseMountinfo(r io.Reader) (string, error) {
+	scanner := bufio.NewScanner(r)
 	for scanner.Scan() {
 		// Fields: id parent major:minor root mountpoint options... - fstype source superoptions
 		fields := strings.Fields(scanner.Text())
@@ -110,10 +124,7 @@ func FindMount() (string, error) {
 			return unescapeMountinfo(fields[4]), nil
 		}
 	}
-	if err := scanner.Err(); err != nil {
-		return "", fmt.Errorf("find securityfs: read /proc/self/mountinfo: %w", err)
-	}
-	return "", ErrNotMounted
+	return "", scanner.Err()
 }
 
 // unescapeMountinfo decodes the octal escapes (\040 for a space) that the

@@ -95,16 +95,36 @@ func LoadState(dir string) (*State, error) {
 	if s.Version != stateVersion {
 		return nil, fmt.Errorf("read trim state %s: %w %d (this imashard reads version %d)", path, ErrStateVersion, s.Version, stateVersion)
 	}
-	if s.LiveStart < 0 {
-		return nil, fmt.Errorf("read trim state %s: invalid live_start %d", path, s.LiveStart)
-	}
-	if s.Carry < 0 || (s.Carry > 0) != (s.CarryFile != "") {
-		return nil, fmt.Errorf("read trim state %s: invalid carry of %d entries in %q", path, s.Carry, s.CarryFile)
-	}
-	if p := s.Pending; p != nil && (p.Count < 1 || p.ListEntries < p.Count || p.After == nil) {
-		return nil, fmt.Errorf("read trim state %s: invalid pending trim of %d of %d entries", path, p.Count, p.ListEntries)
+	if err := s.validate(true); err != nil {
+		return nil, fmt.Errorf("read trim state %s: %w", path, err)
 	}
 	return &s, nil
+}
+
+func (s *State) validate(allowPending bool) error {
+	if s.LiveStart < 0 {
+		return fmt.Errorf("invalid live_start %d", s.LiveStart)
+	}
+	if s.Carry < 0 || (s.Carry > 0) != (s.CarryFile != "") {
+		return fmt.Errorf("invalid carry of %d entries in %q", s.Carry, s.CarryFile)
+	}
+	if s.CarryFile != "" && filepath.Base(s.CarryFile) != s.CarryFile {
+		return fmt.Errorf("invalid carry file name %q: it must name a file in the chain directory", s.CarryFile)
+	}
+	p := s.Pending
+	if p == nil {
+		return nil
+	}
+	if !allowPending {
+		return errors.New("a pending trim inside a pending trim")
+	}
+	if p.Count < 1 || p.ListEntries < p.Count || p.After == nil {
+		return fmt.Errorf("invalid pending trim of %d of %d entries", p.Count, p.ListEntries)
+	}
+	if err := p.After.validate(false); err != nil {
+		return fmt.Errorf("pending trim: %w", err)
+	}
+	return nil
 }
 
 // SaveState writes the state file durably: a temporary file, fsync,
