@@ -25,13 +25,13 @@ const exitMarker = "IMASHARD-GUEST-EXIT="
 
 // Options configures one VM run.
 type Options struct {
-	Kernel  string        // bzImage path
-	Package string        // Go package whose test binary becomes /init, e.g. ./pkg/securityfs
-	Dir     string        // module root to build in
-	Args    []string      // test binary flags, e.g. -test.run=TestGuest
-	Policy  string        // ima_policy= value; default tcb
+	Kernel  string          // bzImage path
+	Package string          // Go package whose test binary becomes /init, e.g. ./pkg/securityfs
+	Dir     string          // module root to build in
+	Args    []string        // test binary flags, e.g. -test.run=TestGuest
+	Policy  string          // ima_policy= value; default tcb
 	Extra   map[string]File // more initramfs files, e.g. "kernel" for kexec tests
-	Timeout time.Duration // whole run; default 3 minutes
+	Timeout time.Duration   // whole run; default 3 minutes
 }
 
 // Result is the serial console output and the guest test's exit code.
@@ -127,7 +127,7 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 
 	out := vmResult.Console
 	// After a kexec every boot prints its own exit code; the last one counts.
-	all := regexp.MustCompile(exitMarker + `(-?\d+)`).FindAllStringSubmatch(out, -1)
+	all := regexp.MustCompile(exitMarker+`(-?\d+)`).FindAllStringSubmatch(out, -1)
 	var m []string
 	if len(all) > 0 {
 		m = all[len(all)-1]

@@ -192,4 +192,3 @@ func (f *FS) ReadStaged(alg pcr.Alg) ([]byte, error) {
 	})
 	return data, err
 }
-
