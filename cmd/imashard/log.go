@@ -419,25 +419,20 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	defer src.close()
 
 	report := replayReport{List: src.name}
-	if len(target) > 0 {
-		prefix, err := replay.FindPrefix(src, replayer, target)
-		switch {
-		case errors.Is(err, replay.ErrNoPrefixMatch):
-			report.NoMatch = err.Error()
-		case err != nil:
-			return fmt.Errorf("%s: %w", src.name, err)
-		default:
-			report.Matched = true
-			report.MatchedEntries = prefix.Entries
-			report.Rules = map[string]string{}
-			for alg, rule := range prefix.Rules {
-				report.Rules[alg.String()] = rule.String()
-			}
-			report.rules = prefix.Rules
-		}
-	}
-	if err := replayRest(src, replayer); err != nil {
+	result, err := replay.ReplayAll(src, replayer, target)
+	switch {
+	case errors.Is(err, replay.ErrNoPrefixMatch):
+		report.NoMatch = err.Error()
+	case err != nil:
 		return fmt.Errorf("%s: %w", src.name, err)
+	case result.Prefix != nil:
+		report.Matched = true
+		report.MatchedEntries = result.Prefix.Entries
+		report.Rules = map[string]string{}
+		for alg, rule := range result.Prefix.Rules {
+			report.Rules[alg.String()] = rule.String()
+		}
+		report.rules = result.Prefix.Rules
 	}
 
 	report.fill(replayer, src.pending())
@@ -465,21 +460,6 @@ func mergeValues(dst, src pcr.Values) {
 		for _, index := range src.Indexes(alg) {
 			value, _ := src.Get(alg, index)
 			dst.Set(alg, index, value)
-		}
-	}
-}
-
-func replayRest(src *entrySource, r *replay.Replayer) error {
-	for {
-		e, err := src.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if err := r.Extend(e); err != nil {
-			return err
 		}
 	}
 }
