@@ -6,13 +6,14 @@ GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
 # Seconds each fuzz target runs during `make test`.
 FUZZTIME ?= 10s
 
-.PHONY: help deps build test unit fuzz vet clean
+.PHONY: help deps build test unit fuzz vet clean bench-replay
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
 	@echo "make test    every test: unit, swtpm, short fuzz runs, QEMU scenarios"
 	@echo "make demo    QEMU + swtpm: snapshot, kexec twice, verify, report"
 	@echo "make deps    install the Debian packages the tests need (as root)"
+	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
 
 deps:
 	./scripts/install-deps.sh
@@ -31,6 +32,9 @@ fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
 test: deps vet build unit fuzz
+
+bench-replay:
+	./scripts/bench-replay.sh
 
 clean:
 	rm -rf bin

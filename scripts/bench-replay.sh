@@ -34,7 +34,7 @@ list=$dir/binary_runtime_measurements
 pcrs=(--pcrs "sha1,$dir/pcrs-sha1.txt" --pcrs "sha256,$dir/pcrs-sha256.txt")
 
 # measure NAME COMMAND...: runs the command under /usr/bin/time -v and
-# prints "NAME seconds kbytes"; the command must exit 0.
+# prints "NAME wall_seconds user_seconds kbytes"; the command must exit 0.
 measure() {
 	local name=$1
 	shift
@@ -45,11 +45,12 @@ measure() {
 		cat "$report.err" "$report" >&2
 		exit 1
 	fi
-	local wall rss
+	local wall user rss
+	user=$(awk -F': ' '/User time/ {print $2}' "$report")
 	wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2, t, ":"); s=0; for (i=1; i<=n; i++) s=s*60+t[i]; print s}' "$report")
 	rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$report")
 	rm -f "$report" "$report.err"
-	echo "$name $wall $rss"
+	echo "$name $wall $user $rss"
 }
 
 # Warm the page cache so that every tool reads the list from memory.
@@ -57,20 +58,23 @@ cat "$list" >/dev/null
 
 echo "list: $list ($(stat -c %s "$list") bytes, $entries entries)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-10s %10s %12s\n' tool seconds peak_rss_kB
+printf '%-10s %8s %8s %12s\n' tool wall_s user_s peak_rss_kB
 
 results=()
 results+=("$(measure sha256sum sha256sum "$list")")
 results+=("$(measure imashard bin/imashard log replay "${pcrs[@]}" "$list")")
 results+=("$(measure evmctl evmctl ima_measurement "${pcrs[@]}" "$list")")
 for r in "${results[@]}"; do
-	printf '%-10s %10s %12s\n' $r
+	printf '%-10s %8s %8s %12s\n' $r
 done
 
 imashard_s=$(echo "${results[1]}" | cut -d' ' -f2)
 evmctl_s=$(echo "${results[2]}" | cut -d' ' -f2)
-imashard_rss=$(echo "${results[1]}" | cut -d' ' -f3)
-awk -v a="$evmctl_s" -v b="$imashard_s" 'BEGIN { if (b > 0) printf "speed ratio: imashard is %.1fx faster than evmctl\n", a / b }'
+imashard_user=$(echo "${results[1]}" | cut -d' ' -f3)
+evmctl_user=$(echo "${results[2]}" | cut -d' ' -f3)
+imashard_rss=$(echo "${results[1]}" | cut -d' ' -f4)
+awk -v a="$evmctl_s" -v b="$imashard_s" 'BEGIN { if (b > 0) printf "speed ratio (wall time): imashard is %.1fx faster than evmctl\n", a / b }'
+awk -v a="$evmctl_user" -v b="$imashard_user" 'BEGIN { if (b > 0) printf "CPU ratio (user time): evmctl uses %.1fx the CPU time of imashard\n", a / b }'
 if [ "$imashard_rss" -ge 16384 ]; then
 	echo "bench-replay: imashard peak RSS ${imashard_rss} kB is over the 16 MB target" >&2
 fi

@@ -48,7 +48,7 @@ func runLog(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return fmt.Errorf("%w: unknown log subcommand %q: use show or replay", errUsage, args[0])
 }
 
-// listFlags are the flags that say how to read a list.
+// listFlags are the flags that set how a list is read.
 type listFlags struct {
 	bank           string
 	format         string

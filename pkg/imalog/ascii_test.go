@@ -97,7 +97,7 @@ func TestASCIIReaderCorpus(t *testing.T) {
 	}
 }
 
-func TestASCIISingleDigitPCRA1(t *testing.T) {
+func TestASCIISingleDigitPCR(t *testing.T) {
 	entries, _, err := readASCII(t, readFile(t, "ccapi__evidence-api_test_data_ima_log.bin.txt"), Options{DigestAlg: pcr.SHA384})
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func TestASCIISingleDigitPCRA1(t *testing.T) {
 	}
 }
 
-func TestASCIIMissingSignatureColumnA3(t *testing.T) {
+func TestASCIIMissingSignatureColumn(t *testing.T) {
 	data := readFile(t, "keylimetests__create_policy_test2_ascii_runtime_measurements-1.txt")
 	entries, _, err := readASCII(t, data, Options{})
 	if err != nil {
@@ -137,13 +137,13 @@ func TestASCIIMissingSignatureColumnA3(t *testing.T) {
 	}
 }
 
-// t3Binary is T3: an ima-ng entry whose name has a space, a newline and an
+// oddNameHex is an ima-ng entry whose name has a space, a newline and an
 // invalid UTF-8 byte.
-const t3Hex = "0a000000 a00d3c5ad13ebb2ff76dcc5fd5a4d079ae5376fd 06000000 696d612d6e67 3a000000" +
+const oddNameHex = "0a000000 a00d3c5ad13ebb2ff76dcc5fd5a4d079ae5376fd 06000000 696d612d6e67 3a000000" +
 	"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" +
 	"0a000000 2f6120620aff2e736f00"
 
-func TestASCIINameWithSpaceA4(t *testing.T) {
+func TestASCIINameWithSpace(t *testing.T) {
 	data := mustHex(t, "28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 08000000 2f6120622e736f00")
 	want := sha1.Sum(data)
 	for _, name := range []string{"ima-ng", "ima-sig"} {
@@ -167,8 +167,8 @@ func TestASCIINameWithSpaceA4(t *testing.T) {
 	}
 }
 
-func TestASCIINameWithNewlineA5(t *testing.T) {
-	binary, _, err := readBinary(t, append(mustHex(t, t3Hex), mustHex(t, b1Hex)...), Options{})
+func TestASCIINameWithNewline(t *testing.T) {
+	binary, _, err := readBinary(t, append(mustHex(t, oddNameHex), mustHex(t, b1Hex)...), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestASCIINameWithNewlineA5(t *testing.T) {
 	}
 }
 
-func TestASCIIPerBankColumnA8(t *testing.T) {
+func TestASCIIPerBankColumn(t *testing.T) {
 	data := readFile(t, "keylime__create-runtime-policy_ima-log-sm3_256.txt")
 	_, _, err := readASCII(t, data, Options{})
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "64 hex digits") {

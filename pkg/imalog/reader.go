@@ -177,7 +177,7 @@ func (r *Reader) next() (*Entry, error) {
 }
 
 // readEntry returns a new slice with the next n bytes. Entries that fit the
-// buffer are peeked first, so a truncated one costs no allocation; larger
+// buffer are peeked first, so a truncated one costs no allocation. Larger
 // ones grow their slice only as bytes arrive, so a length field alone never
 // sizes an allocation.
 func (r *Reader) readEntry(n int) ([]byte, error) {

@@ -1,7 +1,7 @@
-// Package replay recomputes PCR values from IMA measurement list entries,
-// under both rules the kernel has used to extend non-SHA-1 banks, and finds
-// the prefix of a list that replays to given PCR values (a quote or a PCR
-// read, which the list is usually ahead of).
+// Package replay recomputes PCR values from IMA measurement list entries
+// under both rules the kernel has used to extend non-SHA-1 banks. It also
+// finds the prefix of a list that replays to given PCR values, such as a
+// quote or a PCR read, which the list is usually ahead of.
 package replay
 
 import (
@@ -18,7 +18,7 @@ import (
 	"github.com/imashard/imashard/pkg/pcr"
 )
 
-// Rule is how the kernel extended a bank.
+// Rule is the kernel's rule for the value it extends into a bank.
 type Rule int
 
 const (
@@ -63,17 +63,17 @@ type pcrState struct {
 
 // Replayer extends PCR values with entries, one entry at a time.
 type Replayer struct {
-	banks      []pcr.Alg
-	sizes      []int // digest sizes of banks
-	start      pcr.Values
-	pcrs       map[uint32]*pcrState
-	last       *pcrState
-	lastIndex  uint32
-	entries    int64
-	violations int64
-	mismatches int64
-	kept       []error
-	padded     int64
+	banks          []pcr.Alg
+	sizes          []int // digest sizes of banks
+	start          pcr.Values
+	pcrs           map[uint32]*pcrState
+	last           *pcrState
+	lastIndex      uint32
+	entries        int64
+	violations     int64
+	mismatches     int64
+	keptMismatches []error
+	padded         int64
 }
 
 // New returns a replayer for the banks that starts at start. PCRs absent
@@ -141,7 +141,7 @@ func (r *Replayer) state(index uint32) *pcrState {
 
 // Extend extends both rules of every bank with the entry, into the entry's
 // own PCR index. It also checks the template digest against the hash it
-// computes and counts mismatches (see Mismatches); a mismatch is not an
+// computes and counts mismatches (see Mismatches). A mismatch is not an
 // error, because the kernel extended the digest regardless.
 func (r *Replayer) Extend(e *imalog.Entry) error {
 	var h hashedEntry
@@ -277,8 +277,8 @@ func (r *Replayer) extendHashed(h *hashedEntry) error {
 		r.mismatches++
 		err := &imalog.EntryError{Index: e.Index, Offset: e.Offset, Err: fmt.Errorf("%w: template digest %x does not match the template data", imalog.ErrTemplateHash, e.TemplateDigest)}
 		slog.Debug("template hash mismatch", "entry", e.Index, "offset", e.Offset)
-		if len(r.kept) < maxKeptMismatches {
-			r.kept = append(r.kept, err)
+		if len(r.keptMismatches) < maxKeptMismatches {
+			r.keptMismatches = append(r.keptMismatches, err)
 		}
 	}
 	return nil
@@ -442,7 +442,7 @@ func (r *Replayer) Violations() int64 { return r.violations }
 // Mismatches returns the number of entries whose template digest did not
 // match their template data, and the first of them (at most 100) as
 // *imalog.EntryError values wrapping imalog.ErrTemplateHash.
-func (r *Replayer) Mismatches() (int64, []error) { return r.mismatches, slices.Clone(r.kept) }
+func (r *Replayer) Mismatches() (int64, []error) { return r.mismatches, slices.Clone(r.keptMismatches) }
 
 // PaddedDigests returns the number of entries whose template digest was the
 // SHA-1 template hash zero-padded to a larger digest field.
@@ -454,7 +454,7 @@ func (r *Replayer) Clone() *Replayer {
 	c.banks = slices.Clone(r.banks)
 	c.sizes = slices.Clone(r.sizes)
 	c.start = r.start.Clone()
-	c.kept = slices.Clone(r.kept)
+	c.keptMismatches = slices.Clone(r.keptMismatches)
 	c.pcrs = make(map[uint32]*pcrState, len(r.pcrs))
 	for index, s := range r.pcrs {
 		c.pcrs[index] = &pcrState{banks: slices.Clone(s.banks)}

@@ -18,7 +18,7 @@ type hashedBatch struct {
 	err     error // the reader's error after these entries; io.EOF at the end
 }
 
-// Result is what ReplayAll found.
+// Result is the outcome of ReplayAll.
 type Result struct {
 	// Prefix is the shortest prefix that replays to the target, nil when
 	// there was no target.
