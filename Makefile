@@ -11,7 +11,7 @@ KERNEL_SUITE ?= bookworm
 INITRAMFS := bin/initramfs.cpio
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs  qemu-test bench-replay
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test bench-replay
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
