@@ -28,6 +28,9 @@ var errUsage = errors.New("usage error")
 func commands() []command {
 	return []command{
 		// Subcommands are listed here in the order of a typical workflow.
+		{"pcrs", "print PCR values read from the TPM", runPcrs},
+		{"ak", "export the attestation key and EK for enrollment", runAk},
+		{"quote", "make a TPM2_Quote, or verify one with 'quote verify'", runQuote},
 	}
 }
 
