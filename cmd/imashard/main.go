@@ -29,6 +29,9 @@ func commands() []command {
 	return []command{
 		// Subcommands are listed here in the order of a typical workflow.
 		{"log", "show and replay IMA measurement lists", runLog},
+		{"pcrs", "print PCR values read from the TPM", runPcrs},
+		{"ak", "export the attestation key and EK for enrollment", runAk},
+		{"quote", "make a TPM2_Quote, or verify one with 'quote verify'", runQuote},
 		{"kexec", "snapshot the log and kexec into the next kernel with the shards", runKexec},
 	}
 }
