@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/fxamacker/cbor/v2 v2.9.6
+	github.com/google/go-tpm v0.9.8
 	golang.org/x/sys v0.45.0
 )
 
