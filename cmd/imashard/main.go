@@ -28,6 +28,9 @@ var errUsage = errors.New("usage error")
 func commands() []command {
 	return []command{
 		// Subcommands are listed here in the order of a typical workflow.
+		{"snapshot", "cut the next quote-anchored shard from the IMA log into a chain directory", runSnapshot},
+		{"verify", "verify a chain of shards (and the live log) with the pinned AK", runVerify},
+		{"export", "write a shard's quote and entries for tpm2_checkquote and evmctl", runExport},
 		{"kexec", "snapshot the log and kexec into the next kernel with the shards", runKexec},
 	}
 }
