@@ -156,7 +156,9 @@ func printState(w io.Writer, s *shard.State) {
 		for index := range s.Values[bank] {
 			indexes = append(indexes, index)
 		}
-		sort.Slice(indexes, func(i, j int) bool { return len(indexes[i]) < len(indexes[j]) || len(indexes[i]) == len(indexes[j]) && indexes[i] < indexes[j] })
+		sort.Slice(indexes, func(i, j int) bool {
+			return len(indexes[i]) < len(indexes[j]) || len(indexes[i]) == len(indexes[j]) && indexes[i] < indexes[j]
+		})
 		for _, index := range indexes {
 			fmt.Fprintf(w, "  %s PCR %s: %s\n", bank, index, strings.ToLower(s.Values[bank][index]))
 		}

@@ -74,8 +74,12 @@ var crashAt = func() int {
 	return n
 }()
 
-// crashSteps is the number of crash points in writeShard.
-const crashSteps = 6
+// Crash points 1 to writeCrashSteps are in writeShard, the rest up to
+// snapshotCrashSteps in Snapshot.
+const (
+	writeCrashSteps    = 6
+	snapshotCrashSteps = 8
+)
 
 func crashPoint(step int) {
 	if crashAt == step {

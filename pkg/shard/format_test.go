@@ -262,7 +262,7 @@ func TestCrashHelper(t *testing.T) {
 }
 
 func TestWriteCrash(t *testing.T) {
-	for step := 1; step <= crashSteps; step++ {
+	for step := 1; step <= writeCrashSteps; step++ {
 		dir := t.TempDir()
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$")
 		cmd.Env = append(os.Environ(), "IMASHARD_TEST_CRASH_DIR="+dir, "IMASHARD_TEST_CRASH_AT="+strconv.Itoa(step))

@@ -81,6 +81,7 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	if err := removeTempFiles(opts.Dir); err != nil {
 		return nil, err
 	}
+	crashPoint(7)
 
 	banks := opts.Banks
 	if banks == nil {
@@ -205,6 +206,7 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 		if err := s.checkReset(quote); err != nil {
 			return nil, err
 		}
+		crashPoint(8)
 		return s.write(header, sections, quote, live, cut, target)
 	}
 	return nil, fmt.Errorf("snapshot: PCRs kept moving during %d quotes; measurements arrive faster than a snapshot completes: retry later or raise the attempt limit", s.opts.MaxAttempts)

@@ -7,11 +7,16 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
@@ -486,5 +491,125 @@ func TestVerifyRejectsEveryByteChange(t *testing.T) {
 				t.Errorf("byte %d of %d xor %#x: verify passed", offset, len(original), mask)
 			}
 		}
+	}
+}
+
+// TestSnapshotCrashHelper is the child side of TestSnapshotCrashAnywhere:
+// it runs one snapshot and may exit at the step in IMASHARD_TEST_CRASH_AT.
+func TestSnapshotCrashHelper(t *testing.T) {
+	spec := os.Getenv("IMASHARD_TEST_SNAPSHOT_TPM")
+	if spec == "" {
+		t.Skip("helper for TestSnapshotCrashAnywhere")
+	}
+	tp, err := tpm.Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	ak, err := tp.LoadAK(tpm.AKOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Snapshot(context.Background(), SnapshotOptions{
+		Dir: os.Getenv("IMASHARD_TEST_CRASH_DIR"), LogPath: os.Getenv("IMASHARD_TEST_SNAPSHOT_LOG"),
+		TPM: tp, AK: ak, BootID: "test-boot-1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flushTransient removes transient objects a crashed child left in swtpm,
+// which has no resource manager to flush them when the connection closes.
+func flushTransient(t *testing.T, socket string) {
+	t.Helper()
+	tr, err := linuxudstpm.Open(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: 0x80000000, PropertyCount: 16}.Execute(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handles, err := rsp.CapabilityData.Data.Handles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range handles.Handle {
+		if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(tr); err != nil {
+			t.Fatalf("flush %#x: %v", h, err)
+		}
+	}
+}
+
+func TestSnapshotCrashAnywhere(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")
+	reopen := func() {
+		var err error
+		if env.tpm, err = tpm.Open(env.inst.Spec()); err != nil {
+			t.Fatal(err)
+		}
+		if env.ak, err = env.tpm.LoadAK(tpm.AKOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	measured := 0
+	for step := 1; step <= snapshotCrashSteps; step++ {
+		env.measure(entries[measured : measured+10]...)
+		measured += 10
+		before, err := ListChain(env.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		// swtpm serves one connection at a time, so the child gets it alone.
+		env.tpm.FlushAK(env.ak)
+		env.tpm.Close()
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSnapshotCrashHelper$")
+		cmd.Env = append(os.Environ(), "IMASHARD_TEST_CRASH_AT="+strconv.Itoa(step),
+			"IMASHARD_TEST_SNAPSHOT_TPM="+env.inst.Spec(), "IMASHARD_TEST_CRASH_DIR="+env.dir,
+			"IMASHARD_TEST_SNAPSHOT_LOG="+env.logPath)
+		out, err := cmd.CombinedOutput()
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() != 75 {
+			t.Fatalf("step %d: child did not exit at the crash point: %v\n%s", step, err, out)
+		}
+		flushTransient(t, env.inst.Socket)
+		reopen()
+
+		after, err := ListChain(env.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantNew := 0
+		if step == 5 || step == 6 {
+			wantNew = 1
+		}
+		if len(after)-len(before) != wantNew {
+			t.Errorf("step %d: crash left %d new shards, want %d", step, len(after)-len(before), wantNew)
+		}
+		if _, err := env.verify(env.dir); len(after) > 0 && err != nil {
+			t.Errorf("step %d: chain after the crash does not verify: %v", step, err)
+		}
+
+		// The next snapshot cleans up, takes over the lock and continues.
+		if _, err := env.snapshot(false); err != nil {
+			t.Fatalf("step %d: snapshot after the crash: %v", step, err)
+		}
+		left, _ := filepath.Glob(filepath.Join(env.dir, tempPrefix+"*"))
+		if len(left) != 0 {
+			t.Errorf("step %d: temporary files left: %v", step, left)
+		}
+	}
+
+	report, err := env.verify(env.dir)
+	if err != nil {
+		t.Fatalf("final chain: %v", err)
+	}
+	if report.Final.NextIndex != int64(measured) {
+		t.Errorf("chain covers %d entries, %d were measured", report.Final.NextIndex, measured)
 	}
 }
