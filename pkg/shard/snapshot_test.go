@@ -3,7 +3,6 @@ package shard
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -155,14 +154,6 @@ func (env *testEnv) verifyLive() (*Report, error) {
 		Dir: env.dir, AKPublic: env.ak.PublicKey,
 		Live: &LiveOptions{TPM: env.tpm, AK: env.ak, LogPath: env.logPath, BootID: "test-boot-1"},
 	})
-}
-
-func mustHex(t *testing.T, s string) []byte {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func TestSnapshotChainReplaysToKnownPCR(t *testing.T) {
@@ -357,25 +348,18 @@ func TestVerifyRejectsWrongAK(t *testing.T) {
 	}
 }
 
-func TestVerifyTrustedStart(t *testing.T) {
+func TestSnapshotRejectsUnexplainedStart(t *testing.T) {
 	env := newTestEnv(t)
 	entries := readTestEntries(t, "ima-ng-sha1.bin")
 
-	// PCR 10 holds a value before the chain starts, as after measurements
-	// whose shards are gone.
+	// PCR 10 holds a value that no entry in the log explains, as after
+	// measurements whose list is gone. A new chain starts from zero, so no
+	// prefix of the log reaches the TPM.
 	env.extend(entries[0])
-	trusted, err := env.tpm.ReadPCRs(env.banks, []int{10})
-	if err != nil {
-		t.Fatal(err)
-	}
 	env.measure(entries[1:]...)
-
-	// The first shard starts from zero, so the log must replay from zero:
-	// the snapshot fails because the TPM is ahead of what the log explains.
 	if _, err := env.snapshot(false); !errors.Is(err, ErrNoPrefixMatch) {
 		t.Errorf("snapshot over an unexplained start: %v, want ErrNoPrefixMatch", err)
 	}
-	_ = trusted
 }
 
 // chainOfFive builds five shards and returns their paths.
@@ -414,6 +398,20 @@ func TestVerifyChainFileOperations(t *testing.T) {
 	paths := chainOfFive(t, env)
 	if _, err := env.verify(env.dir); err != nil {
 		t.Fatalf("intact chain: %v", err)
+	}
+
+	zero := pcr.Values{}
+	wrong := pcr.Values{}
+	for _, alg := range env.banks {
+		zero.Set(alg, 10, pcr.Zero(alg))
+		wrong.Set(alg, 10, bytes.Repeat([]byte{1}, alg.Size()))
+	}
+	if _, err := Verify(context.Background(), VerifyOptions{Dir: env.dir, AKPublic: env.ak.PublicKey, TrustedStart: zero}); err != nil {
+		t.Errorf("trusted start equal to the reset state: %v", err)
+	}
+	_, err := Verify(context.Background(), VerifyOptions{Dir: env.dir, AKPublic: env.ak.PublicKey, TrustedStart: wrong})
+	if !errors.Is(err, ErrReplayMismatch) {
+		t.Errorf("trusted start that differs from the first shard's start: %v, want ErrReplayMismatch", err)
 	}
 
 	cases := []struct {
