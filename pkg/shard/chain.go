@@ -24,7 +24,8 @@ const bootIDPath = "/proc/sys/kernel/random/boot_id"
 // indexes appear in logs but are never extended into a TPM.
 const maxQuotedPCR = 23
 
-// chainEnd is what the next shard needs from the last shard of a chain.
+// chainEnd is the state at the end of a chain: the position, PCR values and
+// quote fields that the next shard continues from.
 type chainEnd struct {
 	Sequence   uint64 // sequence of the last shard
 	File       string
@@ -75,7 +76,7 @@ func (s LogSource) readerOptions() imalog.Options {
 
 // replaySection replays the entries of r (a section of a shard file) on top
 // of rp and checks that the section holds exactly count whole entries.
-func replaySection(rp *replay.Replayer, r io.Reader, src LogSource, count int64, what string) error {
+func replaySection(rp *replay.Replayer, r io.Reader, src LogSource, count int64, section string) error {
 	reader := imalog.NewReader(r, src.readerOptions())
 	var n int64
 	for {
@@ -84,18 +85,18 @@ func replaySection(rp *replay.Replayer, r io.Reader, src LogSource, count int64,
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %s entry %d: %v", ErrMalformed, what, n, err)
+			return fmt.Errorf("%w: %s entry %d: %v", ErrMalformed, section, n, err)
 		}
 		if n >= count {
-			return fmt.Errorf("%w: %s holds more than the %d entries the header declares", ErrHeaderMismatch, what, count)
+			return fmt.Errorf("%w: %s contains more than the %d entries the header declares", ErrHeaderMismatch, section, count)
 		}
 		if err := rp.Extend(e); err != nil {
-			return fmt.Errorf("%s entry %d at section offset %d: %w", what, n, e.Offset, err)
+			return fmt.Errorf("%s entry %d at section offset %d: %w", section, n, e.Offset, err)
 		}
 		n++
 	}
 	if n != count {
-		return fmt.Errorf("%w: %s holds %d entries, the header declares %d", ErrHeaderMismatch, what, n, count)
+		return fmt.Errorf("%w: %s contains %d entries, the header declares %d", ErrHeaderMismatch, section, n, count)
 	}
 	return nil
 }
@@ -150,7 +151,7 @@ func readChainEnd(dir string) (*chainEnd, error) {
 	defer sf.Close()
 	h := sf.Header
 	if h.Sequence != last.Sequence {
-		return nil, fmt.Errorf("%w: %s holds sequence %d", ErrReorder, last.Path, h.Sequence)
+		return nil, fmt.Errorf("%w: header of %s records sequence %d", ErrReorder, last.Path, h.Sequence)
 	}
 	if err := sf.CheckSections(); err != nil {
 		return nil, err
@@ -210,11 +211,11 @@ func bootFirstIndex(end *chainEnd, bootID string) int64 {
 	case end.BootID == bootID:
 		return end.BootFirst
 	default:
+		// Kernels without CONFIG_IMA_KEXEC (Debian's) start an empty list at
+		// kexec, so the new list begins where the chain ends.
 		// TODO: a kernel with CONFIG_IMA_KEXEC carries the old list across
-		// kexec and Linux 7.2 with CONFIG_IMA_STAGING can trim the list's
-		// head; both need the live list matched against the chain instead.
-		// Kernels without them (Debian's) start an empty list at kexec, so
-		// the new list begins where the chain ends.
+		// kexec, and Linux 7.2 with CONFIG_IMA_STAGING can trim the list's
+		// head. Both need the live list matched against the chain.
 		return end.EndIndex
 	}
 }

@@ -250,11 +250,11 @@ func (v *verifier) checkPlace(sf *File) error {
 	}
 	switch {
 	case v.prev != nil && h.Sequence == v.prev.Sequence:
-		return fmt.Errorf("%w: holds sequence %d like %s", ErrDuplicate, h.Sequence, v.prev.File)
+		return fmt.Errorf("%w: header records sequence %d, the same as %s", ErrDuplicate, h.Sequence, v.prev.File)
 	case v.prev != nil && h.Sequence < v.prev.Sequence:
-		return fmt.Errorf("%w: holds sequence %d after %s with sequence %d", ErrDuplicate, h.Sequence, v.prev.File, v.prev.Sequence)
+		return fmt.Errorf("%w: header records sequence %d after %s with sequence %d", ErrDuplicate, h.Sequence, v.prev.File, v.prev.Sequence)
 	case h.Sequence != want:
-		return fmt.Errorf("%w: file name says sequence %d, header says %d: the file was renamed", ErrReorder, want, h.Sequence)
+		return fmt.Errorf("%w: file name has sequence %d but the header records %d: the file was renamed", ErrReorder, want, h.Sequence)
 	}
 	return nil
 }
@@ -402,10 +402,10 @@ func (v *verifier) replayShard(sf *File, rules map[pcr.Alg]replay.Rule) (pcr.Val
 	return rp.Values(rules), nil
 }
 
-func replayHashed(rp *replay.Replayer, r io.Reader, src LogSource, want Section, what string) error {
+func replayHashed(rp *replay.Replayer, r io.Reader, src LogSource, want Section, section string) error {
 	hash := sha256.New()
 	counted := &countingReader{r: io.TeeReader(r, hash)}
-	if err := replaySection(rp, counted, src, want.Count, what); err != nil {
+	if err := replaySection(rp, counted, src, want.Count, section); err != nil {
 		return err
 	}
 	// Drain what the log reader left, so the digest covers the whole section.
@@ -413,10 +413,10 @@ func replayHashed(rp *replay.Replayer, r io.Reader, src LogSource, want Section,
 		return err
 	}
 	if counted.n != want.Size {
-		return fmt.Errorf("%w: %s is %d bytes, header says %d", ErrTruncated, what, counted.n, want.Size)
+		return fmt.Errorf("%w: %s is %d bytes, the header records %d", ErrTruncated, section, counted.n, want.Size)
 	}
 	if got := hash.Sum(nil); !bytes.Equal(got, want.Digest) {
-		return fmt.Errorf("%w: %s SHA-256 is %x, header says %x", ErrHeaderMismatch, what, got, want.Digest)
+		return fmt.Errorf("%w: %s SHA-256 is %x, the header records %x", ErrHeaderMismatch, section, got, want.Digest)
 	}
 	return nil
 }
