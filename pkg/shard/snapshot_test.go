@@ -27,7 +27,7 @@ import (
 // directory. The test extends the PCRs itself, entry by entry, the way the
 // kernel does, so log and TPM agree.
 type testEnv struct {
-	t       *testing.T
+	t       testing.TB
 	inst    *swtpm.Instance
 	tpm     *tpm.TPM
 	ak      *tpm.AK
@@ -37,7 +37,7 @@ type testEnv struct {
 	mu      sync.Mutex // serialises the TPM connection between goroutines
 }
 
-func newTestEnv(t *testing.T) *testEnv {
+func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
 	if err := swtpm.Available(); err != nil {
 		t.Skipf("swtpm not installed: %v", err)
@@ -70,7 +70,7 @@ func newTestEnv(t *testing.T) *testEnv {
 	return env
 }
 
-func readTestEntries(t *testing.T, name string) []*imalog.Entry {
+func readTestEntries(t testing.TB, name string) []*imalog.Entry {
 	t.Helper()
 	f, err := os.Open(filepath.Join("testdata", name))
 	if err != nil {
