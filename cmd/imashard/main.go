@@ -28,6 +28,7 @@ var errUsage = errors.New("usage error")
 func commands() []command {
 	return []command{
 		// Subcommands are listed here in the order of a typical workflow.
+		{"boot", "verify carried shards and the live log in the initramfs of a new kernel", runBoot},
 		{"kexec", "snapshot the log and kexec into the next kernel with the shards", runKexec},
 	}
 }
