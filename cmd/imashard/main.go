@@ -35,8 +35,8 @@ func commands() []command {
 		{"snapshot", "cut the next quote-anchored shard from the IMA log into a chain directory", runSnapshot},
 		{"verify", "verify a chain of shards (and the live log) with the pinned AK", runVerify},
 		{"export", "write a shard's quote and entries for tpm2_checkquote and evmctl", runExport},
-		{"boot", "verify carried shards and the live log in the initramfs of a new kernel", runBoot},
 		{"kexec", "snapshot the log and kexec into the next kernel with the shards", runKexec},
+		{"boot", "verify carried shards and the live log in the initramfs of a new kernel", runBoot},
 	}
 }
 
