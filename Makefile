@@ -22,7 +22,7 @@ else
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 endif
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom bench-replay
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -32,6 +32,7 @@ help:
 	@echo "make kernel  download Debian's kernel (KERNEL_SUITE=bookworm|trixie|sid) into ~/.cache/imashard"
 	@echo "make kernel KERNEL=custom  build or reuse the Linux 7.2 kernel with IMA_KEXEC and IMA_STAGING"
 	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
+	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
 
 deps:
 	./scripts/install-deps.sh
@@ -80,6 +81,9 @@ qemu-test: kernel initramfs
 # binary as /init (pkg/securityfs, pkg/trim).
 test-custom: custom-kernel
 	IMASHARD_CUSTOM_KERNEL=$(CURDIR)/$(CUSTOM_KERNEL) $(GO) test -count=1 ./pkg/securityfs/... ./pkg/trim/...
+
+bench-replay:
+	./scripts/bench-replay.sh
 
 clean:
 	rm -rf bin
