@@ -14,6 +14,7 @@ import (
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/shard"
 	"github.com/imashard/imashard/pkg/tpm"
+	"github.com/imashard/imashard/pkg/trim"
 )
 
 // logFlags are the flags of every command that reads an IMA list.
@@ -117,18 +118,23 @@ func (a *tpmAKFlags) open() (*tpm.TPM, *tpm.AK, func(), error) {
 }
 
 func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("snapshot", "snapshot --dir DIR [--log FILE] [--tpm SPEC] [--ak-alg ecc|rsa] [--ak-handle H] [--bank LIST] [--tail] [--json]", stderr)
+	fs := newFlagSet("snapshot", "snapshot --dir DIR [--log FILE] [--tpm SPEC] [--ak-alg ecc|rsa] [--ak-handle H] [--bank LIST] [--tail] [--trim [--trim-mode count|staged]] [--json]", stderr)
 	dir := fs.String("dir", "", "chain `directory` the new shard is written to; required")
 	lf := addLogFlags(fs)
 	af := addTPMAKFlags(fs)
 	banks := fs.String("bank", "", "comma-separated PCR `banks` to record and quote (default: every allocated bank)")
 	tail := fs.Bool("tail", false, "also record entries past the quoted state, as the final snapshot before kexec does")
+	trimFlag := fs.Bool("trim", false, "after the shard is written and the chain verifies, delete from the kernel's list the entries the shards hold (needs Linux 7.2 with CONFIG_IMA_STAGING and CAP_SYS_ADMIN)")
+	trimMode := fs.String("trim-mode", "count", "how --trim deletes: count (write the entry count to the list) or staged (stage the list, compare, delete)")
 	jsonOut := fs.Bool("json", false, "print the result as JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return fmt.Errorf("%w: --dir is required", errUsage)
+	}
+	if *tail && *trimFlag {
+		return fmt.Errorf("%w: --tail and --trim together: the tail is anchored only by the next shard's quote, so trim after the next snapshot instead", errUsage)
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("%w: unexpected arguments %v", errUsage, fs.Args())
@@ -144,29 +150,71 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		}
 	}
 
+	var trimOpts trim.Options
+	var trimmed *trimResult
+	if *trimFlag {
+		if trimOpts, err = trimOptions(*dir, logPath, logOpts, *trimMode); err != nil {
+			return err
+		}
+		// Resolve an interrupted trim and delete what earlier shards hold,
+		// so the snapshot reads a list whose start the state file records.
+		if _, err := trimCovered(trimOpts); err != nil {
+			return err
+		}
+	}
+	first, err := liveFirstIndex(*dir, logPath, logOpts)
+	if err != nil {
+		return err
+	}
+
 	t, ak, closeTPM, err := af.open()
 	if err != nil {
 		return err
 	}
 	defer closeTPM()
 
-	res, err := shard.Snapshot(context.Background(), shard.SnapshotOptions{
+	ctx := context.Background()
+	res, err := shard.Snapshot(ctx, shard.SnapshotOptions{
 		Dir: *dir, LogPath: logPath, LogOptions: logOpts, TPM: t, AK: ak, Banks: bankList, Tail: *tail,
+		LiveFirstIndex: first,
 	})
 	if err != nil {
 		return err
 	}
 
+	if *trimFlag {
+		if err := verifyOwnQuote(ctx, *dir, ak.PublicKey); err != nil {
+			return err
+		}
+		tr, err := trimCovered(trimOpts)
+		if err != nil {
+			return fmt.Errorf("shard %s written, trim failed: %w", res.Path, err)
+		}
+		count, err := trimOpts.FS.Count()
+		if err != nil {
+			return err
+		}
+		trimmed = &trimResult{Deleted: tr.Deleted, Recovered: tr.Recovered, LiveStart: tr.LiveStart, KernelCount: count}
+	}
+
 	if *jsonOut {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{
+		out := map[string]any{
 			"path": res.Path, "sequence": res.Sequence, "first_index": res.FirstIndex,
 			"entries": res.Entries, "tail_entries": res.TailEntries,
-		})
+		}
+		if trimmed != nil {
+			out["trim"] = trimmed
+		}
+		return enc.Encode(out)
 	}
 	fmt.Fprintf(stdout, "%s: shard %d, entries %d to %d (%d), tail %d\n",
 		res.Path, res.Sequence, res.FirstIndex, res.FirstIndex+res.Entries-1, res.Entries, res.TailEntries)
+	if trimmed != nil {
+		fmt.Fprintf(stdout, "trimmed %d entries; the kernel's list now starts at history index %d and has %d entries\n",
+			trimmed.Deleted, trimmed.LiveStart, trimmed.KernelCount)
+	}
 	return nil
 }
 

@@ -88,7 +88,11 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer closeTPM()
-		opts.Live = &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts}
+		first, err := liveFirstIndex(opts.Dir, logPath, logOpts)
+		if err != nil {
+			return err
+		}
+		opts.Live = &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts, LiveFirstIndex: first}
 	}
 
 	report, verr := shard.Verify(context.Background(), opts)

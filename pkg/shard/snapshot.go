@@ -34,6 +34,11 @@ type SnapshotOptions struct {
 
 	BootID      string // "" means the kernel's boot ID; tests set it to simulate a new boot
 	MaxAttempts int    // 0 means DefaultMaxAttempts
+
+	// LiveFirstIndex is the history index of LogPath's first entry. Nil
+	// derives it from the boot ID, which is right only for a list that was
+	// never trimmed; after a trim pkg/trim's state file records it.
+	LiveFirstIndex *int64
 }
 
 // SnapshotResult describes the shard that Snapshot wrote.
@@ -100,6 +105,9 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	}
 	s := &snapshotter{opts: opts, banks: banks, end: end, bootID: bootID}
 	s.bootFirst = bootFirstIndex(end, bootID)
+	if opts.LiveFirstIndex != nil {
+		s.bootFirst = *opts.LiveFirstIndex
+	}
 	s.start = s.startValues()
 	slog.Info("snapshot starting", "dir", opts.Dir, "log", opts.LogPath, "first_index", s.firstIndex(), "boot_first_index", s.bootFirst)
 

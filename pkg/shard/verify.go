@@ -26,6 +26,10 @@ type LiveOptions struct {
 	LogPath    string  // "" means DefaultLogPath
 	LogOptions imalog.Options
 	BootID     string // "" means the kernel's boot ID
+
+	// LiveFirstIndex is the history index of LogPath's first entry; nil
+	// derives it from the boot ID (see SnapshotOptions.LiveFirstIndex).
+	LiveFirstIndex *int64
 }
 
 // VerifyOptions configures Verify.
@@ -460,6 +464,9 @@ func verifyLive(ctx context.Context, opts VerifyOptions, report *Report) error {
 		return fail("boot", err)
 	}
 	bootFirst := bootFirstIndex(end, bootID)
+	if live.LiveFirstIndex != nil {
+		bootFirst = *live.LiveFirstIndex
+	}
 
 	nonce := make([]byte, 32)
 	if _, err := rand.Read(nonce); err != nil {

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/imashard/imashard/pkg/imalog"
+	"github.com/imashard/imashard/pkg/pcr"
+	"github.com/imashard/imashard/pkg/securityfs"
+	"github.com/imashard/imashard/pkg/shard"
+	"github.com/imashard/imashard/pkg/trim"
+)
+
+// trimResult is the trim part of `snapshot --trim` output.
+type trimResult struct {
+	Deleted     int64 `json:"deleted"`
+	Recovered   bool  `json:"recovered_interrupted_trim,omitempty"`
+	LiveStart   int64 `json:"live_start"`
+	KernelCount int64 `json:"kernel_entries"`
+}
+
+func trimOptions(dir, logPath string, logOpts imalog.Options, mode string) (trim.Options, error) {
+	if !strings.HasPrefix(logPath, securityfs.DefaultMountPoint+"/") {
+		return trim.Options{}, fmt.Errorf("%w: %w, not %s", errUsage, errNotLiveList, logPath)
+	}
+	if mode != "count" && mode != "staged" {
+		return trim.Options{}, fmt.Errorf("%w: --trim-mode %q: use count or staged", errUsage, mode)
+	}
+	fs, err := securityfs.Open("")
+	if err != nil {
+		return trim.Options{}, err
+	}
+	if err := fs.CheckStaging(); err != nil {
+		return trim.Options{}, err
+	}
+	alg := logOpts.DigestAlg
+	if alg == 0 {
+		alg = pcr.SHA1
+	}
+	trim.SetSplit(trim.SplitWith(logOpts))
+	return trim.Options{Dir: dir, FS: fs, Alg: alg, Split: trim.SplitWith(logOpts), Staged: mode == "staged"}, nil
+}
+
+// trimCovered deletes from the kernel's list what the shards in dir hold.
+// Run before a snapshot, it resolves a trim that a crash interrupted and
+// finishes a trim that a crash prevented after the last shard was written.
+func trimCovered(opts trim.Options) (*trim.Result, error) {
+	st, err := trim.LoadState(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	// A pending trim only moves the start forward, so the entries from
+	// the recorded start on are enough either way.
+	covered, alg, err := trim.CoveredFromChain(opts.Dir, st.LiveStart)
+	if err != nil {
+		return nil, err
+	}
+	if alg != 0 && alg != opts.Alg {
+		return nil, fmt.Errorf("the shards hold the %s list but the trim reads the %s list: pass the same --log or --log-alg as for the snapshots", alg, opts.Alg)
+	}
+	return trim.Trim(opts, covered)
+}
+
+// verifyOwnQuote checks the chain, and with it the new shard's quote,
+// before anything is deleted.
+func verifyOwnQuote(ctx context.Context, dir string, akPublic crypto.PublicKey) error {
+	report, err := shard.Verify(ctx, shard.VerifyOptions{Dir: dir, AKPublic: akPublic})
+	if err != nil {
+		return fmt.Errorf("verify the chain before trimming (nothing deleted): %w", err)
+	}
+	if !report.OK {
+		return fmt.Errorf("verify the chain before trimming (nothing deleted): the report is not OK; run imashard verify --dir %s", dir)
+	}
+	slog.Info("chain verified before trimming", "dir", dir)
+	return nil
+}

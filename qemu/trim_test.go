@@ -1,0 +1,123 @@
+package qemu_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imashard/imashard/qemu/vm"
+)
+
+// customKernelEnv names the bzImage of the custom Linux 7.2 kernel with
+// CONFIG_IMA_STAGING and CONFIG_IMA_KEXEC (`make kernel KERNEL=custom`).
+const customKernelEnv = "IMASHARD_CUSTOM_KERNEL"
+
+func needCustomGuest(t *testing.T) guest {
+	t.Helper()
+	g := guest{kernel: os.Getenv(customKernelEnv), initramfs: os.Getenv(initramfsEnv)}
+	if g.kernel == "" || g.initramfs == "" {
+		t.Skipf("trim scenario skipped: %s and %s are not set; run `make test`", customKernelEnv, initramfsEnv)
+	}
+	var err error
+	if g.kernelData, err = os.ReadFile(g.kernel); err != nil {
+		t.Fatalf("read kernel: %v", err)
+	}
+	if g.initramfsData, err = os.ReadFile(g.initramfs); err != nil {
+		t.Fatalf("read initramfs: %v", err)
+	}
+	return g
+}
+
+type snapshotOutput struct {
+	Sequence   uint64 `json:"sequence"`
+	FirstIndex int64  `json:"first_index"`
+	Entries    int64  `json:"entries"`
+	Trim       *struct {
+		Deleted     int64 `json:"deleted"`
+		LiveStart   int64 `json:"live_start"`
+		KernelCount int64 `json:"kernel_entries"`
+	} `json:"trim"`
+}
+
+// Rounds of measurements, each followed by `snapshot --trim`, keep the
+// kernel's list short, and `verify --live` still verifies the whole history
+// from the first shard through the trimmed live list.
+func TestTrimRoundsVerifyLive(t *testing.T) {
+	g := needCustomGuest(t)
+	const rounds, perRound = 3, 40
+	script := fmt.Sprintf(`
+mkdir -p /chain /ak
+imashard ak --out /ak > /dev/null
+round=0
+while [ $round -lt %d ]; do
+	round=$((round+1))
+	mkdir -p /w$round
+	i=0
+	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	echo "@@imashard-begin snapshot"
+	imashard snapshot --dir /chain --trim --json
+	echo "@@imashard-end snapshot"
+done
+echo "@@imashard-begin verify"
+imashard verify --live --ak /ak/ak.pem --json /chain
+echo "@@imashard-end verify"
+echo "@@imashard-begin count"
+cat /sys/kernel/security/integrity/ima/runtime_measurements_count
+echo "@@imashard-end count"
+`, rounds, perRound)
+	res := runGuest(t, g, t.TempDir(), g.overlay(script), 4*time.Minute)
+
+	snaps := vm.Sections(res.Console, "snapshot")
+	if len(snaps) != rounds {
+		t.Logf("console tail:\n%s", tail(res.Console, 80))
+		t.Fatalf("%d snapshot sections, want %d", len(snaps), rounds)
+	}
+	nextFirst := int64(0)
+	for i, s := range snaps {
+		var out snapshotOutput
+		if err := json.Unmarshal([]byte(strings.TrimSpace(s)), &out); err != nil {
+			t.Fatalf("round %d: snapshot output is not JSON: %v\n%s", i+1, err, s)
+		}
+		if out.Sequence != uint64(i) || out.FirstIndex != nextFirst {
+			t.Errorf("round %d: shard %d from history index %d, want shard %d from %d", i+1, out.Sequence, out.FirstIndex, i, nextFirst)
+		}
+		if out.Entries < perRound {
+			t.Errorf("round %d: shard has %d entries, want at least the %d measured files", i+1, out.Entries, perRound)
+		}
+		if out.Trim == nil || out.Trim.Deleted < out.Entries || out.Trim.LiveStart != out.FirstIndex+out.Entries {
+			t.Errorf("round %d: trim %+v, want the shard's %d entries deleted and the live list starting at %d", i+1, out.Trim, out.Entries, out.FirstIndex+out.Entries)
+		}
+		if out.Trim != nil && out.Trim.KernelCount > 20 {
+			t.Errorf("round %d: the kernel still has %d entries after the trim", i+1, out.Trim.KernelCount)
+		}
+		nextFirst = out.FirstIndex + out.Entries
+	}
+
+	verify := vm.Sections(res.Console, "verify")
+	if len(verify) != 1 {
+		t.Fatalf("%d verify sections, want 1", len(verify))
+	}
+	var report struct {
+		OK   bool `json:"ok"`
+		Live *struct {
+			OK bool `json:"ok"`
+		} `json:"live"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
+		t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
+	}
+	if !report.OK || report.Live == nil || !report.Live.OK {
+		t.Errorf("verify --live after %d trims: %s", rounds, verify[0])
+	}
+
+	counts := vm.Sections(res.Console, "count")
+	if len(counts) == 1 {
+		if n, err := strconv.Atoi(strings.TrimSpace(counts[0])); err != nil || n > 30 {
+			t.Errorf("kernel entry count at the end = %q, want a short list", counts[0])
+		}
+	}
+}
