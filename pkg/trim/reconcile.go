@@ -39,6 +39,14 @@ func Reconcile(st *State, covered Covered, list [][]byte) (*State, string, error
 		slog.Info("kernel list carried over from the previous kernel", "kernel_start", start, "overlap", overlap)
 		return st, Carried, nil
 	}
+	// Without the state file (it was not carried along) the recorded start
+	// can be wrong, so look for the one place in the shards where the list
+	// continues them.
+	if found, ok := findCarriedStart(covered, list); ok && found != start {
+		slog.Warn("kernel list continues the shards at another history index than the trim state records", "recorded", start, "found", found)
+		next := &State{Version: stateVersion, LiveStart: found}
+		return next, Carried, nil
+	}
 	if overlap <= 0 {
 		// TODO: with no shard entry past the kernel start, a carried list
 		// and a fresh one look alike. A final snapshot before kexec always
@@ -64,4 +72,24 @@ func matchesCovered(list [][]byte, start, n int64, covered Covered) bool {
 		}
 	}
 	return true
+}
+
+// findCarriedStart returns the history index from which list equals the
+// covered entries up to their end, when exactly one such index exists.
+func findCarriedStart(covered Covered, list [][]byte) (int64, bool) {
+	if len(list) == 0 {
+		return 0, false
+	}
+	found, matches := int64(0), 0
+	for i, e := range covered.Raw {
+		n := int64(len(covered.Raw) - i)
+		if !bytes.Equal(e, list[0]) || int64(len(list)) < n {
+			continue
+		}
+		if matchesCovered(list, covered.Start+int64(i), n, covered) {
+			found = covered.Start + int64(i)
+			matches++
+		}
+	}
+	return found, matches == 1
 }

@@ -33,6 +33,15 @@ func TestReconcile(t *testing.T) {
 			t.Fatalf("Reconcile = %+v, %q, %v; want fresh", next, how, err)
 		}
 	})
+	t.Run("carried without state file", func(t *testing.T) {
+		// The state was lost: it records start 0, the list starts at 2.
+		st := &State{Version: stateVersion}
+		list := append(entries("b", "c", "d"), entries("boot_aggregate", "e")...)
+		next, how, err := Reconcile(st, covered, list)
+		if err != nil || how != Carried || next.LiveStart != 2 {
+			t.Fatalf("Reconcile = %+v, %q, %v; want carried from 2", next, how, err)
+		}
+	})
 	t.Run("nothing covered", func(t *testing.T) {
 		st := &State{Version: stateVersion, LiveStart: 4}
 		_, _, err := Reconcile(st, covered, entries("d"))
