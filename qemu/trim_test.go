@@ -51,7 +51,7 @@ func TestTrimRoundsVerifyLive(t *testing.T) {
 	const rounds, perRound = 3, 40
 	script := fmt.Sprintf(`
 mkdir -p /chain /ak
-imashard ak --out /ak > /dev/null
+imashard ak export --out /ak > /dev/null
 round=0
 while [ $round -lt %d ]; do
 	round=$((round+1))

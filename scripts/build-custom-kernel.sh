@@ -72,23 +72,29 @@ cached="$cache_root/kernels/$key/bzImage"
 if [ -s "$cached" ]; then
 	log "reusing $cached"
 else
-	work="$cache_root/build/$key"
-	rm -rf "$work"
-	mkdir -p "$work"
+	# The source tree is keyed by version only, so a changed fragment
+	# rebuilds incrementally when KEEP_SOURCE=1 kept the tree.
+	work="$cache_root/build/linux-source-$version"
 	start=$(date +%s)
-
-	log "downloading $package $version"
-	(cd "$work" && apt-get "${apt_opts[@]}" -q download "$package=$version" >&2)
-	dpkg-deb -x "$work"/"$package"_*.deb "$work/pkg"
-	tarball=$(find "$work/pkg/usr/src" -maxdepth 1 -name 'linux-source-*.tar.*' | head -n1)
-	if [ -z "$tarball" ]; then
-		log "$package $version has no linux-source tarball under /usr/src"
-		exit 1
+	if ! ls "$work"/linux-source-*/Makefile >/dev/null 2>&1; then
+		rm -rf "$work"
+		mkdir -p "$work"
+		log "downloading $package $version"
+		(cd "$apt_dir/archives" && apt-get "${apt_opts[@]}" -q download "$package=$version" >&2)
+		deb=$(find "$apt_dir/archives" -maxdepth 1 -name "${package}_*.deb" | head -n1)
+		dpkg-deb -x "$deb" "$work/pkg"
+		tarball=$(find "$work/pkg/usr/src" -maxdepth 1 -name 'linux-source-*.tar.*' | head -n1)
+		if [ -z "$tarball" ]; then
+			log "$package $version has no linux-source tarball under /usr/src"
+			exit 1
+		fi
+		log "unpacking $(basename "$tarball")"
+		tar -C "$work" -xf "$tarball"
+		rm -rf "$work/pkg"
+	else
+		log "reusing the source tree in $work"
 	fi
-	log "unpacking $(basename "$tarball")"
-	tar -C "$work" -xf "$tarball"
-	rm -rf "$work/pkg" "$work"/*.deb
-	src=$(find "$work" -maxdepth 1 -type d -name 'linux-source-*' | head -n1)
+	src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -n1)
 
 	# tinyconfig alone drops 64BIT when ARCH is not given explicitly, and
 	# olddefconfig silently drops options whose dependencies are missing,
