@@ -6,7 +6,7 @@ GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
 # Seconds each fuzz target runs during `make test`.
 FUZZTIME ?= 10s
 
-.PHONY: help deps build test unit fuzz vet clean bench-replay
+.PHONY: help deps build test unit fuzz vet clean bench-replay qemu-log
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -31,10 +31,14 @@ unit: deps
 fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
-test: deps vet build unit fuzz
+test: deps vet build unit fuzz qemu-log
 
 bench-replay:
 	./scripts/bench-replay.sh
+
+# Boots Debian's kernel with swtpm and replays the live list in the guest.
+qemu-log: deps
+	./scripts/qemu-log/run.sh
 
 clean:
 	rm -rf bin
