@@ -37,7 +37,7 @@ if [ ! -d "$work/kernel/boot" ]; then
 fi
 kernel=$(ls "$work"/kernel/boot/vmlinuz-*)
 
-# The initramfs holds a Go init and a static imashard.
+# The initramfs contains a Go init and a static imashard.
 root=$work/root
 rm -rf "$root"
 mkdir -p "$root"

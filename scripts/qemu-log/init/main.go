@@ -1,7 +1,7 @@
-// Command init is PID 1 of the initramfs that scripts/qemu-log/run.sh boots:
-// it mounts the kernel file systems, runs imashard log replay against the
-// TPM's PCR 10 in every bank the TPM has, prints the result between marker
-// lines for the host, and powers the VM off.
+// Command init is PID 1 of the initramfs that scripts/qemu-log/run.sh boots.
+// It mounts the kernel file systems and runs imashard log replay against the
+// TPM's PCR 10 in every bank. It prints the result between marker lines for
+// the host, then powers the VM off.
 package main
 
 import (
