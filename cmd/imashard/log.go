@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -91,17 +90,21 @@ func openList(path string, f *listFlags, stdin io.Reader) (*entrySource, error) 
 			return nil, fmt.Errorf("%w: --bank: %v", errUsage, err)
 		}
 	}
-	if path == "" {
-		path = liveListPath(bank)
-	}
-
 	ascii := false
-	if info, ok := imalog.InfoFromFileName(path); ok {
-		opts.DigestAlg = info.Options.DigestAlg
-		ascii = info.ASCII
-	}
-	if bank != 0 {
-		opts.DigestAlg = bank
+	if path == "" {
+		live, liveOpts, err := imalog.LiveList(bank)
+		if err != nil {
+			return nil, err
+		}
+		path, opts.DigestAlg = live, liveOpts.DigestAlg
+	} else {
+		if info, ok := imalog.InfoFromFileName(path); ok {
+			opts.DigestAlg = info.Options.DigestAlg
+			ascii = info.ASCII
+		}
+		if bank != 0 {
+			opts.DigestAlg = bank
+		}
 	}
 
 	var r io.Reader = stdin
@@ -139,23 +142,6 @@ func openList(path string, f *listFlags, stdin io.Reader) (*entrySource, error) 
 	}
 	slog.Debug("reading measurement list", "path", path, "ascii", ascii, "digest_alg", opts.DigestAlg.String())
 	return src, nil
-}
-
-// liveListPath returns the securityfs list for the bank: the per-bank file
-// when the kernel has one (Linux 6.10 and later), else the SHA-1 list.
-func liveListPath(bank pcr.Alg) string {
-	if bank == 0 || bank == pcr.SHA1 {
-		return imalog.DefaultListPath
-	}
-	perBank := filepath.Join(imalog.SecurityfsDir, imalog.BinaryListName+"_"+bank.String())
-	if bank == pcr.SM3_256 {
-		perBank = filepath.Join(imalog.SecurityfsDir, imalog.BinaryListName+"_sm3")
-	}
-	if _, err := os.Stat(perBank); err == nil {
-		return perBank
-	}
-	slog.Warn("the kernel has no per-bank list for the bank (Linux 6.10 or later has one); reading the SHA-1 list", "bank", bank.String(), "missing", perBank)
-	return imalog.DefaultListPath
 }
 
 // looksLikeASCII reports whether the list starts like an ASCII list: a PCR

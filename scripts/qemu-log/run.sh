@@ -69,7 +69,7 @@ timeout 300 qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot -nic non
 	-device tpm-tis,tpmdev=tpm0 >"$work/console.log" 2>&1 || true
 
 sed -n '/IMASHARD-BEGIN/,/IMASHARD-EXIT/p' "$work/console.log" | tr -d '\r'
-if ! grep -q 'IMASHARD-EXIT <nil>' "$work/console.log"; then
+if ! grep -q 'IMASHARD-EXIT <nil>' "$work/console.log" || ! grep -q 'IMASHARD-SHA256-EXIT <nil>' "$work/console.log"; then
 	echo "qemu-log: log replay did not match the TPM" >&2
 	tr -d '\r' <"$work/console.log" | tail -40 >&2
 	exit 1

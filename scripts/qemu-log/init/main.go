@@ -36,11 +36,16 @@ func main() {
 	}
 
 	fmt.Println("IMASHARD-BEGIN")
-	cmd := exec.Command("/imashard", args...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
-	err := cmd.Run()
+	err := runImashard(args...)
 	fmt.Println("IMASHARD-END")
 	fmt.Printf("IMASHARD-EXIT %v\n", err)
+
+	// The sha256 list: binary_runtime_measurements_sha256 on Linux 6.10 and
+	// later, else the SHA-1 list.
+	fmt.Println("IMASHARD-SHA256-BEGIN")
+	err = runImashard(append([]string{"log", "replay", "--bank", "sha256"}, args[2:]...)...)
+	fmt.Println("IMASHARD-SHA256-END")
+	fmt.Printf("IMASHARD-SHA256-EXIT %v\n", err)
 
 	show := exec.Command("/imashard", "log", "show")
 	show.Stdout, show.Stderr = os.Stdout, os.Stdout
@@ -50,4 +55,10 @@ func main() {
 
 	syscall.Sync()
 	_ = syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+func runImashard(args ...string) error {
+	cmd := exec.Command("/imashard", args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	return cmd.Run()
 }
