@@ -36,9 +36,11 @@ test: deps vet build unit fuzz qemu-log
 bench-replay:
 	./scripts/bench-replay.sh
 
-# Boots Debian's kernel with swtpm and replays the live list in the guest.
+# Boots Debian's 6.1 and 6.12 kernels with swtpm and replays the live list
+# in the guest, one VM at a time.
 qemu-log: deps
-	./scripts/qemu-log/run.sh
+	KERNEL_SUITE=bookworm ./scripts/qemu-log/run.sh
+	KERNEL_SUITE=trixie ./scripts/qemu-log/run.sh
 
 clean:
 	rm -rf bin
