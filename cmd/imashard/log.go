@@ -16,6 +16,7 @@ import (
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/replay"
+	"github.com/imashard/imashard/pkg/tpm"
 )
 
 // errCheckFailed reports that a check ran and found a mismatch; the report
@@ -349,7 +350,7 @@ func (p *pcrFileList) String() string     { return strings.Join(*p, " ") }
 func (p *pcrFileList) Set(v string) error { *p = append(*p, v); return nil }
 
 func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("log replay", "log replay [FLAGS] [FILE]\n\nReplay an IMA measurement list (default: the live "+imalog.DefaultListPath+")\ninto PCR values. With --pcrs, find the shortest prefix of the list that replays\nto those values (the list is usually ahead of a PCR read or quote) and report\nthe rule each bank followed. Exit status 0 only when every check matches.", stderr)
+	fs := newFlagSet("log replay", "log replay [FLAGS] [FILE]\n\nReplay an IMA measurement list (default: the live "+imalog.DefaultListPath+")\ninto PCR values. With --pcrs or --tpm, find the shortest prefix of the list that replays\nto those values (the list is usually ahead of a PCR read or quote) and report\nthe rule each bank followed. Exit status 0 only when every check matches.", stderr)
 	var lf listFlags
 	lf.register(fs)
 	var targets pcrFileList
@@ -357,7 +358,8 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	from := fs.String("from", "", "start state: PCR values in any --pcrs format (default: all zero, as after a TPM reset)")
 	banksFlag := fs.String("banks", "", "comma-separated banks to replay (default: the banks of --pcrs and --from, else sha1,sha256)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	// TODO: add --tpm SPEC once pkg/tpm (tpm.Open, ReadPCRs) is on main.
+	tpmSpec := fs.String("tpm", "", "read the PCR values to match from this TPM, before reading the list (default: none): "+tpmFlagHelp)
+	tpmPCRs := fs.String("tpm-pcrs", "10", "PCR indexes that --tpm reads, such as 10 or 10,11")
 	files, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -371,6 +373,13 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 		v, err := pcr.ReadValuesFile(path)
 		if err != nil {
 			return fmt.Errorf("--pcrs: %w", err)
+		}
+		mergeValues(target, v)
+	}
+	if *tpmSpec != "" {
+		v, err := readTPMTarget(*tpmSpec, *tpmPCRs, *banksFlag)
+		if err != nil {
+			return err
 		}
 		mergeValues(target, v)
 	}
@@ -439,6 +448,46 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: %d template hash mismatches in %s", errCheckFailed, report.Mismatches, src.name)
 	}
 	return nil
+}
+
+// readTPMTarget reads PCR values from the TPM at spec, in the banks of
+// banksFlag or else in every allocated bank that replay supports.
+func readTPMTarget(spec, pcrList, banksFlag string) (pcr.Values, error) {
+	indexes, err := parsePCRList(pcrList)
+	if err != nil {
+		return nil, err
+	}
+	t, err := tpm.Open(spec)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+
+	var banks []pcr.Alg
+	if banksFlag != "" {
+		if banks, err = pcr.ParseAlgList(banksFlag); err != nil {
+			return nil, fmt.Errorf("%w: --banks: %v", errUsage, err)
+		}
+	} else {
+		allocated, err := t.Banks()
+		if err != nil {
+			return nil, err
+		}
+		for _, alg := range allocated {
+			switch alg {
+			case pcr.SHA1, pcr.SHA256, pcr.SHA384, pcr.SHA512:
+				banks = append(banks, alg)
+			default:
+				slog.Warn("skipping a TPM bank that replay does not support", "bank", alg.String())
+			}
+		}
+	}
+	values, err := t.ReadPCRs(banks, indexes)
+	if err != nil {
+		return nil, fmt.Errorf("read PCRs from %s: %w", spec, err)
+	}
+	slog.Debug("read target PCR values from the TPM", "tpm", spec, "banks", fmt.Sprint(banks), "pcrs", fmt.Sprint(indexes))
+	return values, nil
 }
 
 func mergeValues(dst, src pcr.Values) {

@@ -1,6 +1,6 @@
 // Command init is PID 1 of the initramfs that scripts/qemu-log/run.sh boots.
 // It mounts the kernel file systems and runs imashard log replay against the
-// TPM's PCR 10 in every bank. It prints the result between marker lines for
+// TPM's PCR 10 in every bank, read from sysfs and from /dev/tpmrm0. It prints the result between marker lines for
 // the host, then powers the VM off.
 package main
 
@@ -46,6 +46,12 @@ func main() {
 	err = runImashard(append([]string{"log", "replay", "--bank", "sha256"}, args[2:]...)...)
 	fmt.Println("IMASHARD-SHA256-END")
 	fmt.Printf("IMASHARD-SHA256-EXIT %v\n", err)
+
+	// The same PCRs read through the kernel's resource manager.
+	fmt.Println("IMASHARD-TPM-BEGIN")
+	err = runImashard("log", "replay", "--tpm", "/dev/tpmrm0")
+	fmt.Println("IMASHARD-TPM-END")
+	fmt.Printf("IMASHARD-TPM-EXIT %v\n", err)
 
 	show := exec.Command("/imashard", "log", "show")
 	show.Stdout, show.Stderr = os.Stdout, os.Stdout
