@@ -359,7 +359,7 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	banksFlag := fs.String("banks", "", "comma-separated banks to replay (default: the banks of --pcrs and --from, else sha1,sha256)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	tpmSpec := fs.String("tpm", "", "read the PCR values to match from this TPM, before reading the list (default: none): "+tpmFlagHelp)
-	tpmPCRs := fs.String("tpm-pcrs", "10", "PCR indexes that --tpm reads, such as 10 or 10,11")
+	pcrList := fs.String("pcr", "10", "PCR indexes to match, from --pcrs files and --tpm: a comma-separated list of indexes and ranges such as 10,11; other PCRs in the files are ignored")
 	files, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -368,16 +368,26 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: log replay takes at most one FILE", errUsage)
 	}
 
+	indexes, err := parsePCRList(*pcrList)
+	if err != nil {
+		return err
+	}
 	target := pcr.Values{}
 	for _, path := range targets {
 		v, err := pcr.ReadValuesFile(path)
 		if err != nil {
 			return fmt.Errorf("--pcrs: %w", err)
 		}
-		mergeValues(target, v)
+		// Firmware owns PCRs 0-9, so a whole sysfs directory or
+		// tpm2_pcrread dump would never match without this filter.
+		selected := selectIndexes(v, indexes)
+		if len(selected) == 0 {
+			return fmt.Errorf("--pcrs %s: no values for PCR %s: check the file or set --pcr", path, *pcrList)
+		}
+		mergeValues(target, selected)
 	}
 	if *tpmSpec != "" {
-		v, err := readTPMTarget(*tpmSpec, *tpmPCRs, *banksFlag)
+		v, err := readTPMTarget(*tpmSpec, indexes, *banksFlag)
 		if err != nil {
 			return err
 		}
@@ -452,11 +462,7 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 
 // readTPMTarget reads PCR values from the TPM at spec, in the banks of
 // banksFlag or else in every allocated bank that replay supports.
-func readTPMTarget(spec, pcrList, banksFlag string) (pcr.Values, error) {
-	indexes, err := parsePCRList(pcrList)
-	if err != nil {
-		return nil, err
-	}
+func readTPMTarget(spec string, indexes []int, banksFlag string) (pcr.Values, error) {
 	t, err := tpm.Open(spec)
 	if err != nil {
 		return nil, err
@@ -488,6 +494,19 @@ func readTPMTarget(spec, pcrList, banksFlag string) (pcr.Values, error) {
 	}
 	slog.Debug("read target PCR values from the TPM", "tpm", spec, "banks", fmt.Sprint(banks), "pcrs", fmt.Sprint(indexes))
 	return values, nil
+}
+
+// selectIndexes returns the values of v at the given PCR indexes.
+func selectIndexes(v pcr.Values, indexes []int) pcr.Values {
+	out := pcr.Values{}
+	for _, alg := range v.Banks() {
+		for _, index := range indexes {
+			if value, ok := v.Get(alg, index); ok {
+				out.Set(alg, index, value)
+			}
+		}
+	}
+	return out
 }
 
 func mergeValues(dst, src pcr.Values) {
