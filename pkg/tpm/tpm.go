@@ -40,7 +40,8 @@ type TPM struct {
 // resource manager, "/dev/tpm0" for the raw device, "unix:PATH" for a swtpm
 // unix socket, "tcp:HOST:PORT" for the raw command stream over TCP (swtpm
 // --server type=tcp), or "mssim:HOST:PORT" for the Microsoft simulator's
-// protocol.
+// protocol. swtpm serves one connection at a time, so on a socket other
+// clients wait until Close.
 func Open(spec string) (*TPM, error) {
 	raw, hasResourceManager, err := openTransport(spec)
 	if err != nil {
