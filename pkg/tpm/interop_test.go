@@ -260,3 +260,40 @@ func freeLoopbackPortPair(t *testing.T) int {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestInteropAKTemplateMatchesCreatePrimary checks the tpm2_createprimary
+// command lines in docs/attestation-key.md derive the same AK as LoadAK.
+func TestInteropAKTemplateMatchesCreatePrimary(t *testing.T) {
+	requireTPM2Tools(t)
+	inst, tp := startSwtpm(t, "")
+	tcti := swtpmTCTI(t, inst)
+
+	names := make(map[string][]byte)
+	for _, alg := range []string{"ecc", "rsa"} {
+		ak, err := tp.LoadAK(AKOptions{Alg: alg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names[alg] = ak.Name
+		if err := tp.FlushAK(ak); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tp.Close()
+
+	dir := t.TempDir()
+	attrs := "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|sign"
+	for alg, keyAlg := range map[string]string{"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"} {
+		tpm2Tools(t, tcti, dir, "tpm2_createprimary", "-C", "e", "-G", keyAlg, "-g", "sha256", "-a", attrs, "-c", alg+".ctx")
+		tpm2Tools(t, tcti, dir, "tpm2_readpublic", "-c", alg+".ctx", "-n", alg+".name")
+		tpm2Tools(t, tcti, dir, "tpm2_flushcontext", "-t")
+
+		name, err := os.ReadFile(filepath.Join(dir, alg+".name"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(name, names[alg]) {
+			t.Errorf("%s: tpm2_createprimary derived name %x, LoadAK %x", alg, name, names[alg])
+		}
+	}
+}
