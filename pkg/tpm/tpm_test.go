@@ -233,7 +233,7 @@ func TestSwtpmAKSameAfterRestart(t *testing.T) {
 }
 
 // TestSwtpmAKFlushed loads more AKs than swtpm has transient object slots
-// (3). Without the flush, swtpm answers TPM_RC_OBJECT_MEMORY.
+// (3). Without the flush, swtpm returns TPM_RC_OBJECT_MEMORY.
 func TestSwtpmAKFlushed(t *testing.T) {
 	_, tp := startSwtpm(t, "")
 	for i := 0; i < 8; i++ {
@@ -426,5 +426,26 @@ func TestOpenMissingDevice(t *testing.T) {
 	}
 	if _, err := Open("bogus"); err == nil {
 		t.Error("spec bogus: no error")
+	}
+}
+
+// TestSwtpmCloseFlushesAKs leaves AKs loaded at Close more often than swtpm
+// has object slots. Close must flush them, or a later LoadAK fails with
+// TPM_RC_OBJECT_MEMORY.
+func TestSwtpmCloseFlushesAKs(t *testing.T) {
+	inst, tp := startSwtpm(t, "")
+	tp.Close()
+
+	for i := 0; i < 5; i++ {
+		tp, err := Open(inst.Spec())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tp.LoadAK(AKOptions{}); err != nil {
+			t.Fatalf("LoadAK after %d unflushed AKs closed: %v", i, err)
+		}
+		if err := tp.Close(); err != nil {
+			t.Fatalf("Close #%d: %v", i, err)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -155,7 +156,20 @@ func (s *streamTPM) connect() error {
 }
 
 func (s *streamTPM) dial() error {
-	conn, err := net.DialTimeout(s.network, s.addr, 10*time.Second)
+	// swtpm accepts one connection at a time with a short listen backlog, so
+	// a unix socket returns EAGAIN right after the previous client closed.
+	var conn net.Conn
+	var err error
+	backoff := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		conn, err = net.DialTimeout(s.network, s.addr, 10*time.Second)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || attempt == 10 {
+			break
+		}
+		slog.Debug("TPM socket busy, retrying connect", "addr", s.addr, "attempt", attempt)
+		time.Sleep(backoff)
+		backoff *= 2
+	}
 	if err != nil {
 		return fmt.Errorf("%w: connecting to the TPM at %s:%s: %v (is swtpm running with --server on this address?)", ErrNoDevice, s.network, s.addr, err)
 	}
@@ -232,7 +246,7 @@ const (
 	rcRetry   = 0x922 // TPM_RC_RETRY
 )
 
-// retryTPM resends commands that the TPM answered with TPM_RC_RETRY,
+// retryTPM resends commands that the TPM rejected with TPM_RC_RETRY,
 // TPM_RC_YIELDED or TPM_RC_TESTING, with exponential backoff, and keeps the
 // last response so callers can take byte-exact fields from it.
 type retryTPM struct {

@@ -48,7 +48,7 @@ type Quote struct {
 	Signature []byte // marshaled TPMT_SIGNATURE
 }
 
-// QuoteInfo holds the decoded fields of a quote's TPMS_ATTEST.
+// QuoteInfo contains the decoded fields of a quote's TPMS_ATTEST.
 type QuoteInfo struct {
 	ExtraData []byte // the qualifying data (nonce) given to TPM2_Quote
 	// Selection maps each bank to its PCR indexes in ascending order, which
