@@ -6,13 +6,21 @@ GOFLAGS_BUILD := -trimpath -ldflags='-s -w -buildid='
 # Seconds each fuzz target runs during `make test`.
 FUZZTIME ?= 10s
 
-.PHONY: help deps build test unit fuzz vet clean
+# Debian suite of the stock kernel for QEMU runs: bookworm, trixie or sid.
+KERNEL_SUITE ?= bookworm
+INITRAMFS := bin/initramfs.cpio
+KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
+
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test bench-replay
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
 	@echo "make test    every test: unit, swtpm, short fuzz runs, QEMU scenarios"
 	@echo "make demo    QEMU + swtpm: snapshot, kexec twice, verify, report"
 	@echo "make deps    install the Debian packages the tests need (as root)"
+	@echo "make kernel  download Debian's kernel (KERNEL_SUITE=bookworm|trixie|sid) into ~/.cache/imashard"
+	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
+	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
 
 deps:
 	./scripts/install-deps.sh
@@ -30,7 +38,26 @@ unit: deps
 fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
-test: deps vet build unit fuzz
+test: deps vet build unit fuzz qemu-test
+
+# The path of the extracted image goes to a file so that later targets
+# find it without resolving the version again.
+kernel:
+	@mkdir -p bin
+	KERNEL_SUITE=$(KERNEL_SUITE) ./scripts/fetch-kernel.sh > $(KERNEL_PATH_FILE).tmp
+	mv $(KERNEL_PATH_FILE).tmp $(KERNEL_PATH_FILE)
+	@echo "kernel: $$(cat $(KERNEL_PATH_FILE)) version $$(cat $$(dirname $$(cat $(KERNEL_PATH_FILE)))/version)"
+
+initramfs:
+	./scripts/build-initramfs.sh $(INITRAMFS)
+
+# QEMU scenarios; the Go tests skip when these variables are missing.
+qemu-test: kernel initramfs
+	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
+		$(GO) test -count=1 -timeout 40m -v ./qemu/...
+
+bench-replay:
+	./scripts/bench-replay.sh
 
 clean:
 	rm -rf bin

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/imashard/imashard/pkg/handoff"
+)
+
+const (
+	imaCountPath  = "/sys/kernel/security/ima/runtime_measurements_count"
+	imaPolicyPath = "/sys/kernel/security/ima/policy"
+)
+
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("kexec", "kexec --kernel FILE --initrd FILE [flags]", stderr)
+	kernelPath := fs.String("kernel", "", "next kernel `file` (bzImage); required")
+	initrdPath := fs.String("initrd", "", "next kernel's initrd `file` (gzip or uncompressed cpio); the shards are appended to it; required")
+	cmdline := fs.String("cmdline", "", "command line of the next kernel (default: this kernel's, from /proc/cmdline)")
+	appendArgs := fs.String("append", "", "text added to the end of the command line (after --cmdline or /proc/cmdline)")
+	var carry stringList
+	fs.Var(&carry, "carry", "absolute `path` of a file or directory to carry to the next boot at the same path; repeatable")
+	dir := fs.String("dir", "/run/imashard", "chain `directory`: the final shard is written here and every shard in it is carried")
+	sysName := fs.String("syscall", "load", "kexec system call: load (kexec_load, measures nothing) or file (kexec_file_load, for locked-down kernels)")
+	tpmSpec := fs.String("tpm", "", "TPM to quote with: /dev/tpmrm0 (default), /dev/tpm0, unix:PATH or tcp:HOST:PORT")
+	logPath := fs.String("log", "", "IMA binary log `file` (default: the live securityfs list)")
+	countPath := fs.String("count", imaCountPath, "IMA entry count `file`, re-read right before kexec")
+	attempts := fs.Int("attempts", 3, "maximum `number` of snapshots when entries keep arriving before kexec")
+	dryRun := fs.Bool("dry-run", false, "run every step except loading and rebooting; needs --output-initrd")
+	outInitrd := fs.String("output-initrd", "", "with --dry-run, write the initrd that would be handed over to this `file`")
+	force := fs.Bool("force", false, "execute even when entries arrived after the last snapshot (the chain will not verify; logged)")
+	skipSnapshot := fs.Bool("skip-snapshot", false, "carry --dir as it is without a final snapshot; needs --force because the next boot cannot verify the entries since the last shard")
+	jsonOut := fs.Bool("json", false, "print the step timings as JSON (dry run)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *kernelPath == "" || *initrdPath == "" {
+		fs.Usage()
+		return fmt.Errorf("%w: --kernel and --initrd are required", errUsage)
+	}
+	if *dryRun != (*outInitrd != "") {
+		return fmt.Errorf("%w: --dry-run and --output-initrd go together", errUsage)
+	}
+	if *skipSnapshot && !*force {
+		return fmt.Errorf("%w: --skip-snapshot leaves entries no shard covers; add --force to accept that", errUsage)
+	}
+	sc, err := handoff.ParseSyscall(*sysName)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+
+	// Every open below is measured on a system with an IMA policy, so all
+	// reads happen before the snapshot.
+	kernel, err := os.ReadFile(*kernelPath)
+	if err != nil {
+		return fmt.Errorf("read next kernel: %w", err)
+	}
+	initrd, err := os.ReadFile(*initrdPath)
+	if err != nil {
+		return fmt.Errorf("read next initrd: %w", err)
+	}
+	carried, err := handoff.ReadCarry(carry)
+	if err != nil {
+		return err
+	}
+	line, err := kexecCmdline(*cmdline, *appendArgs)
+	if err != nil {
+		return err
+	}
+	if sc == handoff.SyscallFile {
+		warnKexecMeasureRules()
+	}
+
+	plan := handoff.Plan{
+		Kernel:      kernel,
+		Initrd:      initrd,
+		Cmdline:     line,
+		Carry:       carried,
+		Syscall:     sc,
+		MaxAttempts: *attempts,
+		Force:       *force,
+		DryRun:      *dryRun,
+		EntryCount:  func() (int64, error) { return handoff.EntryCount(*countPath) },
+	}
+	if *skipSnapshot {
+		slog.Warn("no final snapshot: carrying the chain directory as it is because --skip-snapshot --force is set", "dir", *dir)
+		plan.Snapshot = func(ctx context.Context) ([]handoff.File, int64, error) {
+			n, err := handoff.EntryCount(*countPath)
+			if err != nil {
+				return nil, 0, err
+			}
+			files, err := readChainDir(*dir)
+			return files, n, err
+		}
+	} else {
+		plan.Snapshot = finalSnapshot(*dir, *tpmSpec, *logPath)
+	}
+
+	res, err := handoff.Run(context.Background(), plan)
+	if err != nil {
+		return err
+	}
+
+	if *dryRun {
+		if err := writeFileAtomic(*outInitrd, res.Initrd); err != nil {
+			return err
+		}
+		if *jsonOut {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(res)
+		}
+		for _, s := range res.Steps {
+			fmt.Fprintf(stdout, "%-14s %v\n", s.Name, s.Duration)
+		}
+		fmt.Fprintf(stdout, "initrd %s: %d bytes, %d entries covered\n", *outInitrd, len(res.Initrd), res.Covered)
+	}
+	return nil
+}
+
+func readChainDir(dir string) ([]handoff.File, error) {
+	files, err := handoff.ReadDir(dir, handoff.ShardDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return files, err
+}
+
+func kexecCmdline(cmdline, extra string) (string, error) {
+	if cmdline == "" {
+		b, err := os.ReadFile("/proc/cmdline")
+		if err != nil {
+			return "", fmt.Errorf("read this kernel's command line (give --cmdline): %w", err)
+		}
+		cmdline = strings.TrimSpace(string(b))
+	}
+	if extra != "" {
+		cmdline = strings.TrimSpace(cmdline + " " + extra)
+	}
+	return cmdline, nil
+}
+
+// warnKexecMeasureRules logs the policy rules that make kexec_file_load add
+// entries. The entry count check before kexec catches them anyway, but this
+// names the cause.
+func warnKexecMeasureRules() {
+	f, err := os.Open(imaPolicyPath)
+	if err != nil {
+		slog.Debug("cannot read the IMA policy (needs CONFIG_IMA_READ_POLICY); relying on the entry count check", "err", err)
+		return
+	}
+	defer f.Close()
+	rules, err := handoff.KexecMeasureRules(f)
+	if err != nil {
+		slog.Warn("reading the IMA policy failed", "path", imaPolicyPath, "err", err)
+		return
+	}
+	for _, r := range rules {
+		slog.Warn("IMA policy measures kexec_file_load, which adds entries after the snapshot; use --syscall load", "rule", r)
+	}
+}
+
+// writeFileAtomic writes data to a temporary file beside path and renames
+// it, so a failure never leaves a truncated file at path.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return nil
+}
