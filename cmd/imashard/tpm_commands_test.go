@@ -167,3 +167,36 @@ func TestAkExportCommand(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestPcrsOutputParsesInPcrPackage checks that log replay's PCR file
+// parsers read what `imashard pcrs` writes.
+func TestPcrsOutputParsesInPcrPackage(t *testing.T) {
+	spec, pcr10 := startTPM(t)
+
+	out, err := runCommand(t, "pcrs", "--tpm", spec, "--pcr", "0-23")
+	if err != nil {
+		t.Fatal(err)
+	}
+	yamlValues, err := pcr.ParseTPM2PCRRead(strings.NewReader(out))
+	if err != nil {
+		t.Fatalf("ParseTPM2PCRRead of pcrs output: %v", err)
+	}
+	if got, _ := yamlValues.Get(pcr.SHA256, 10); !bytes.Equal(got, pcr10) {
+		t.Errorf("yaml sha256 PCR 10 = %x, want %x", got, pcr10)
+	}
+	if n := len(yamlValues.Indexes(pcr.SHA256)); n != 24 {
+		t.Errorf("yaml has %d sha256 PCRs, want 24", n)
+	}
+
+	out, err = runCommand(t, "pcrs", "--tpm", spec, "--bank", "sha256", "--pcr", "10,16", "--format", "evmctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evmValues, err := pcr.ParseEvmctl(strings.NewReader(out), pcr.SHA256)
+	if err != nil {
+		t.Fatalf("ParseEvmctl of pcrs output: %v", err)
+	}
+	if got, _ := evmValues.Get(pcr.SHA256, 10); !bytes.Equal(got, pcr10) {
+		t.Errorf("evmctl sha256 PCR 10 = %x, want %x", got, pcr10)
+	}
+}
