@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,5 +199,29 @@ func TestPcrsOutputParsesInPcrPackage(t *testing.T) {
 	}
 	if got, _ := evmValues.Get(pcr.SHA256, 10); !bytes.Equal(got, pcr10) {
 		t.Errorf("evmctl sha256 PCR 10 = %x, want %x", got, pcr10)
+	}
+}
+
+func TestTPMCommandsHelp(t *testing.T) {
+	cases := []struct {
+		args []string
+		flag string // one flag the help must explain
+	}{
+		{[]string{"pcrs", "--help"}, "-pcr"},
+		{[]string{"ak", "export", "--help"}, "-out"},
+		{[]string{"quote", "--help"}, "-nonce"},
+		{[]string{"quote", "verify", "--help"}, "-pcrs"},
+	}
+	for _, c := range cases {
+		out, err := runCommand(t, c.args...)
+		if !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%v: err = %v, want flag.ErrHelp", c.args, err)
+		}
+		if !strings.Contains(out, "usage: imashard") {
+			t.Errorf("%v: help output lacks the usage line:\n%s", c.args, out)
+		}
+		if !strings.Contains(out, c.flag) {
+			t.Errorf("%v: help output does not explain %s:\n%s", c.args, c.flag, out)
+		}
 	}
 }

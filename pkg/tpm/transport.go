@@ -22,13 +22,14 @@ import (
 // manager, which flushes a client's transient objects when it closes the file.
 const DefaultDevice = "/dev/tpmrm0"
 
-// maxResponseSize bounds a response read from a socket. TPM 2.0 responses fit
-// in TPM_PT_MAX_RESPONSE_SIZE, which is 4096 bytes on swtpm and on the TPMs
-// the Linux driver supports (its buffer is 4096 bytes).
+// maxResponseSize bounds a response read from a device or socket. The Linux
+// TPM driver's buffer is 4096 bytes, and the larger bound leaves room for
+// simulators with bigger buffers.
 const maxResponseSize = 64 << 10
 
 // ioTimeout bounds one command on a socket. RSA-2048 primary key generation
-// is the slowest command imashard sends and takes seconds on a loaded host.
+// is the slowest command imashard sends: 0.1 s on swtpm, and by estimate up
+// to tens of seconds on a slow hardware TPM.
 const ioTimeout = 2 * time.Minute
 
 // rawTPM sends one marshaled command and returns the marshaled response.
