@@ -449,3 +449,24 @@ func TestSwtpmCloseFlushesAKs(t *testing.T) {
 		}
 	}
 }
+
+// TestSwtpmEndorsementPassword sets a password on the endorsement hierarchy,
+// as an owner may, and expects LoadAK to say so in plain words.
+func TestSwtpmEndorsementPassword(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+	_, err := tpm2.HierarchyChangeAuth{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("secret")},
+	}.Execute(tp.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = tp.LoadAK(AKOptions{})
+	if err == nil {
+		t.Fatal("LoadAK with an endorsement password set: no error")
+	}
+	if !strings.Contains(err.Error(), "authorization failed") || !strings.Contains(err.Error(), "endorsement hierarchy") {
+		t.Errorf("error %q does not explain the authorization failure", err)
+	}
+}

@@ -81,7 +81,7 @@ type deviceTPM struct {
 func openDevice(path string) (rawTPM, bool, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, false, fmt.Errorf("%w: %s does not exist: the kernel has no TPM driver loaded (modprobe tpm_tis or tpm_crb), the machine has no TPM, or the kernel lacks CONFIG_TCG_TPM", ErrNoDevice, path)
+		return nil, false, fmt.Errorf("%w: %s does not exist: the kernel has no TPM driver loaded (modprobe tpm_tis or tpm_crb), the machine has no TPM, or the kernel lacks CONFIG_TCG_TPM (/dev/tpmrm0 needs Linux 4.12 or later)", ErrNoDevice, path)
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: %s: %v", ErrNoDevice, path, err)
