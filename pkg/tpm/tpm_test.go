@@ -470,3 +470,87 @@ func TestSwtpmEndorsementPassword(t *testing.T) {
 		t.Errorf("error %q does not explain the authorization failure", err)
 	}
 }
+
+const ccPCRRead = 0x0000017E // TPM_CC_PCR_Read
+
+// extendOnceAfterFirstRead makes the TPM extend PCR 0 in every bank right
+// after the first TPM2_PCR_Read, as an IMA measurement arriving mid-read
+// would.
+func extendOnceAfterFirstRead(t *testing.T, tp *TPM, banks []pcr.Alg) *int {
+	t.Helper()
+	reads := 0
+	tp.tpm.afterSend = func(code uint32) {
+		if code != ccPCRRead {
+			return
+		}
+		reads++
+		if reads != 1 {
+			return
+		}
+		digests := make(map[pcr.Alg][]byte)
+		for _, bank := range banks {
+			digests[bank] = bytes.Repeat([]byte{0xee}, bank.Size())
+		}
+		if err := tp.ExtendPCR(0, digests); err != nil {
+			t.Errorf("extending PCR 0 mid-read: %v", err)
+		}
+	}
+	t.Cleanup(func() { tp.tpm.afterSend = nil })
+	return &reads
+}
+
+func TestSwtpmReadRestartsOnChange(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+	banks, err := tp.Banks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(banks) < 2 {
+		t.Skipf("needs two banks, swtpm has %v", banks)
+	}
+
+	reads := extendOnceAfterFirstRead(t, tp, banks)
+	got, err := tp.ReadPCRs(banks, allPCRs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.tpm.afterSend = nil
+
+	// The first call read PCR 0 of the first bank before the extend. Every
+	// bank must show the extended PCR 0, not a mix of both states.
+	want, err := tp.ReadPCRs(banks, allPCRs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := got.Diff(want); err != nil {
+		t.Errorf("read mixed two PCR states: %v", err)
+	}
+	if *reads <= (24*len(banks)+7)/8 {
+		t.Errorf("%d TPM2_PCR_Read calls: the read did not start over", *reads)
+	}
+}
+
+func TestSwtpmQuoteRetriesOnChange(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+	banks, err := tp.Banks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := tp.LoadAK(AKOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.FlushAK(ak)
+
+	// PCR 0 moves after the first read and before the quote, so the quote
+	// covers values the first read did not see.
+	extendOnceAfterFirstRead(t, tp, banks)
+	nonce := []byte("n")
+	q, values, err := tp.QuoteWithValues(ak, nonce, banks, []int{0, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyQuote(ak.PublicKey, q, nonce, values); err != nil {
+		t.Errorf("QuoteWithValues returned values its quote does not cover: %v", err)
+	}
+}

@@ -255,6 +255,10 @@ type retryTPM struct {
 	maxAttempts  int
 	firstBackoff time.Duration
 	lastResponse []byte
+
+	// afterSend, when set, runs after each command with its command code.
+	// Tests use it to extend a PCR between the commands of one read.
+	afterSend func(commandCode uint32)
 }
 
 func (r *retryTPM) Send(cmd []byte) ([]byte, error) {
@@ -265,6 +269,13 @@ func (r *retryTPM) Send(cmd []byte) ([]byte, error) {
 			return nil, err
 		}
 		r.lastResponse = rsp
+		if r.afterSend != nil && len(cmd) >= 10 {
+			hook := r.afterSend
+			r.afterSend = nil // the hook's own commands must not run it again
+			hook(binary.BigEndian.Uint32(cmd[6:10]))
+			r.afterSend = hook
+			r.lastResponse = rsp
+		}
 
 		rc, ok := responseCode(rsp)
 		if !ok || (rc != rcRetry && rc != rcYielded && rc != rcTesting) {
