@@ -554,3 +554,63 @@ func TestSwtpmQuoteRetriesOnChange(t *testing.T) {
 		t.Errorf("QuoteWithValues returned values its quote does not cover: %v", err)
 	}
 }
+
+// TestSwtpmQuoteRSAPSS quotes with a persistent RSA AK whose scheme is
+// RSAPSS, which tpm2_createak can make, and verifies the PSS signature.
+func TestSwtpmQuoteRSAPSS(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+
+	template, err := AKTemplate("rsa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	params, err := template.Parameters.RSADetail()
+	if err != nil {
+		t.Fatal(err)
+	}
+	params.Scheme = tpm2.TPMTRSAScheme{
+		Scheme:  tpm2.TPMAlgRSAPSS,
+		Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSigSchemeRSAPSS{HashAlg: tpm2.TPMAlgSHA256}),
+	}
+	template.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, params)
+	created, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		InPublic:      tpm2.New2B(template),
+	}.Execute(tp.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const handle = 0x81010200
+	_, err = tpm2.EvictControl{
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:     tpm2.NamedHandle{Handle: created.ObjectHandle, Name: created.Name},
+		PersistentHandle: handle,
+	}.Execute(tp.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.flush(created.ObjectHandle); err != nil {
+		t.Fatal(err)
+	}
+
+	ak, err := tp.LoadAK(AKOptions{Handle: handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := []byte("pss")
+	q, values, err := tp.QuoteWithValues(ak, nonce, []pcr.Alg{pcr.SHA256}, []int{0, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := ParseSignature(q.Signature)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sig.SigAlg != algRSAPSS {
+		t.Fatalf("signature algorithm %#04x, want RSAPSS (0x0016)", sig.SigAlg)
+	}
+	if _, err := VerifyQuote(ak.PublicKey, q, nonce, values); err != nil {
+		t.Errorf("VerifyQuote of an RSAPSS quote: %v", err)
+	}
+	checkQuoteFailures(t, ak, q, nonce, values)
+}
