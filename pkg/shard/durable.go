@@ -102,6 +102,14 @@ func writeShard(dir string, sequence uint64, parts ...[]byte) (string, error) {
 	}
 	tmpName := tmp.Name()
 	committed := false
+
+	// CreateTemp makes the file 0600. Shards hold no secrets and verifiers
+	// often run as another user.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		os.Remove(tmpName)
+		return "", fmt.Errorf("chmod %s: %w", tmpName, err)
+	}
 	defer func() {
 		if !committed {
 			tmp.Close()

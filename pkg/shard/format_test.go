@@ -370,8 +370,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add(seed[:20])
 	f.Add([]byte("IMASHARD"))
 
+	fuzzDir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p := filepath.Join(t.TempDir(), FileName(0))
+		p := filepath.Join(fuzzDir, FileName(0))
 		if err := os.WriteFile(p, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
