@@ -11,7 +11,7 @@ KERNEL_SUITE ?= bookworm
 INITRAMFS := bin/initramfs.cpio
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test
+.PHONY: help deps build test unit fuzz vet clean bench-verify kernel initramfs qemu-test
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -57,3 +57,9 @@ qemu-test: kernel initramfs
 
 clean:
 	rm -rf bin
+
+# Verify time and peak memory on chains of 10,000 and 100,000 entries; not
+# part of `make test`. Pass other sizes with BENCH_SIZES="1000000".
+BENCH_SIZES ?= 10000 100000
+bench-verify:
+	./scripts/bench-verify.sh $(BENCH_SIZES)

@@ -611,3 +611,44 @@ func TestSnapshotCrashAnywhere(t *testing.T) {
 		t.Errorf("chain covers %d entries, %d were measured", report.Final.NextIndex, measured)
 	}
 }
+
+func TestSnapshotDetectsTPMReset(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "ima-ng-sha1.bin")
+	env.measure(entries...)
+	if _, err := env.snapshot(false); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restarting swtpm on the same state is a TPM reset: PCRs return to
+	// zero and resetCount grows. Extending the same entries again brings
+	// the PCRs back to the chain's end, so only resetCount tells.
+	env.tpm.FlushAK(env.ak)
+	env.tpm.Close()
+	if err := env.inst.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	inst, err := swtpm.Start(env.inst.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Stop() })
+	env.inst = inst
+	if env.tpm, err = tpm.Open(inst.Spec()); err != nil {
+		t.Fatal(err)
+	}
+	if env.ak, err = env.tpm.LoadAK(tpm.AKOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	env.extend(entries...)
+
+	if _, err := env.snapshot(false); !errors.Is(err, ErrResetDetected) {
+		t.Errorf("snapshot after a TPM reset: %v, want ErrResetDetected", err)
+	}
+	if _, err := env.verifyLive(); !errors.Is(err, ErrResetDetected) {
+		t.Errorf("live verify after a TPM reset: %v, want ErrResetDetected", err)
+	}
+	if files, _ := ListChain(env.dir); len(files) != 1 {
+		t.Errorf("chain has %d shards after the rejected snapshot, want 1", len(files))
+	}
+}
