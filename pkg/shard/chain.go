@@ -38,6 +38,7 @@ type chainEnd struct {
 	BootFirst  int64 // history index of the first entry of the live list in BootID
 	ResetCount uint32
 	Clock      uint64
+	Tail       Section // the last shard's tail, which the live list must repeat
 }
 
 func rulesFromNames(names map[pcr.Alg]string) map[pcr.Alg]replay.Rule {
@@ -187,6 +188,7 @@ func readChainEnd(dir string) (*chainEnd, error) {
 		BootFirst:  h.BootFirstIndex,
 		ResetCount: info.ResetCount,
 		Clock:      info.Clock,
+		Tail:       h.Tail,
 	}, nil
 }
 

@@ -227,18 +227,34 @@ func (s *snapshotter) readLive() (*liveRead, error) {
 	live := &liveRead{}
 	seen := map[int]bool{}
 
+	// The last shard's tail must reappear in the live list right before
+	// the new entries, or the list is not the one the chain was cut from.
+	tailStart := int64(-1)
+	tailHash := sha256.New()
+	if s.end != nil && s.end.Tail.Count > 0 && skip >= s.end.Tail.Count {
+		tailStart = skip - s.end.Tail.Count
+	}
+
 	for n := int64(0); ; n++ {
 		e, err := reader.Next()
+		if err != nil && err != io.EOF {
+			return nil, fmt.Errorf("snapshot: read %s: %w", s.opts.LogPath, err)
+		}
+		if n == skip && tailStart >= 0 {
+			if got := tailHash.Sum(nil); !bytes.Equal(got, s.end.Tail.Digest) {
+				return nil, fmt.Errorf("snapshot: %w: entries %d to %d of %s differ from the tail of %s: the log belongs to another chain or boot", ErrReplayMismatch, tailStart, skip-1, s.opts.LogPath, s.end.File)
+			}
+		}
 		if err == io.EOF {
 			if n < skip {
 				return nil, fmt.Errorf("snapshot: %s has %d entries in this boot but the chain in %s ends at entry %d of this boot: the log belongs to another chain or boot", s.opts.LogPath, n, s.opts.Dir, skip)
 			}
 			break
 		}
-		if err != nil {
-			return nil, fmt.Errorf("snapshot: read %s: %w", s.opts.LogPath, err)
-		}
 		if n < skip {
+			if tailStart >= 0 && n >= tailStart {
+				tailHash.Write(e.Raw)
+			}
 			continue
 		}
 		if len(live.entries) == 0 {

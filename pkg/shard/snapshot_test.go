@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -231,6 +232,28 @@ func TestSnapshotCutsAtQuotedPrefix(t *testing.T) {
 	}
 	if report.Live == nil || !report.Live.OK || report.Live.Attested != 0 {
 		t.Errorf("live report %+v", report.Live)
+	}
+}
+
+func TestSnapshotRejectsChangedTail(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")[:50]
+	env.measure(entries[:20]...)
+	env.appendLog(entries[20:30]...)
+	if _, err := env.snapshot(true); err != nil {
+		t.Fatal(err)
+	}
+
+	// The live list now holds other entries where the shard's tail was.
+	var data []byte
+	for _, e := range append(slices.Clone(entries[:20]), entries[40:50]...) {
+		data = append(data, e.Raw...)
+	}
+	if err := os.WriteFile(env.logPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.snapshot(false); !errors.Is(err, ErrReplayMismatch) {
+		t.Errorf("snapshot over a list with a different tail: %v, want ErrReplayMismatch", err)
 	}
 }
 

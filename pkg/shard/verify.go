@@ -236,6 +236,7 @@ func (v *verifier) verifyShard(cf ChainFile) error {
 		BootFirst:  h.BootFirstIndex,
 		ResetCount: info.ResetCount,
 		Clock:      info.Clock,
+		Tail:       h.Tail,
 	}
 	return nil
 }
