@@ -66,15 +66,15 @@ func (l *logFlags) options() (string, imalog.Options, error) {
 	return path, opts, nil
 }
 
-// akFlags select the TPM and the AK inside it.
-type akFlags struct {
+// tpmAKFlags select the TPM and the AK inside it.
+type tpmAKFlags struct {
 	tpm    *string
 	alg    *string
 	handle *string
 }
 
-func addAKFlags(fs *flag.FlagSet) *akFlags {
-	return &akFlags{
+func addTPMAKFlags(fs *flag.FlagSet) *tpmAKFlags {
+	return &tpmAKFlags{
 		tpm:    fs.String("tpm", "", "TPM `spec`: /dev/tpmrm0 (default), /dev/tpm0, unix:PATH (swtpm socket) or tcp:HOST:PORT"),
 		alg:    fs.String("ak-alg", "ecc", "AK algorithm when the AK is derived: ecc (NIST P-256) or rsa (RSA-2048)"),
 		handle: fs.String("ak-handle", "", "persistent AK `handle` such as 0x81010002 (default: derive the AK from the endorsement hierarchy)"),
@@ -83,7 +83,7 @@ func addAKFlags(fs *flag.FlagSet) *akFlags {
 
 // open opens the TPM and loads the AK. The caller closes both with the
 // returned function.
-func (a *akFlags) open() (*tpm.TPM, *tpm.AK, func(), error) {
+func (a *tpmAKFlags) open() (*tpm.TPM, *tpm.AK, func(), error) {
 	if *a.alg != "ecc" && *a.alg != "rsa" {
 		return nil, nil, nil, fmt.Errorf("%w: --ak-alg %q: use ecc or rsa", errUsage, *a.alg)
 	}
@@ -120,7 +120,7 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	fs := newFlagSet("snapshot", "snapshot --dir DIR [--log FILE] [--tpm SPEC] [--ak-alg ecc|rsa] [--ak-handle H] [--bank LIST] [--tail] [--json]", stderr)
 	dir := fs.String("dir", "", "chain `directory` the new shard is written to; required")
 	lf := addLogFlags(fs)
-	af := addAKFlags(fs)
+	af := addTPMAKFlags(fs)
 	banks := fs.String("bank", "", "comma-separated PCR `banks` to record and quote (default: every allocated bank)")
 	tail := fs.Bool("tail", false, "also record entries past the quoted state, as the final snapshot before kexec does")
 	jsonOut := fs.Bool("json", false, "print the result as JSON")

@@ -56,7 +56,7 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	trusted := fs.String("trusted-start", "", "PCR values `file` the first shard may start from instead of the TPM reset state (sysfs, evmctl or tpm2_pcrread format)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	lf := addLogFlags(fs)
-	af := addAKFlags(fs)
+	af := addTPMAKFlags(fs)
 	positional, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err

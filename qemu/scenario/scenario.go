@@ -99,6 +99,7 @@ done
 	echo "@@imashard-end kexec-failed"
 else
 	for f in /run/imashard/*; do
+		if [ ! -f $f ]; then continue; fi
 		echo "@@imashard-begin shard"
 		echo $f
 		base64 $f
