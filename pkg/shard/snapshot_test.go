@@ -675,3 +675,45 @@ func TestSnapshotDetectsTPMReset(t *testing.T) {
 		t.Errorf("chain has %d shards after the rejected snapshot, want 1", len(files))
 	}
 }
+
+// TestSnapshotAcrossKexec follows a kexec into a kernel without
+// CONFIG_IMA_KEXEC: the TPM keeps its PCRs, the new boot has a new boot ID
+// and its list starts empty.
+func TestSnapshotAcrossKexec(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")[:60]
+
+	env.measure(entries[:20]...)
+	env.appendLog(entries[20:25]...)
+	if _, err := env.snapshot(true); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel extends the tail entries before the kexec.
+	env.extend(entries[20:25]...)
+
+	if err := os.WriteFile(env.logPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env.measure(entries[25:60]...)
+
+	res, err := Snapshot(context.Background(), SnapshotOptions{
+		Dir: env.dir, LogPath: env.logPath, TPM: env.tpm, AK: env.ak, BootID: "test-boot-2",
+	})
+	if err != nil {
+		t.Fatalf("snapshot after kexec: %v", err)
+	}
+	if res.FirstIndex != 25 || res.Entries != 35 {
+		t.Errorf("shard after kexec: first index %d, %d entries, want 25 and 35", res.FirstIndex, res.Entries)
+	}
+
+	report, err := Verify(context.Background(), VerifyOptions{
+		Dir: env.dir, AKPublic: env.ak.PublicKey,
+		Live: &LiveOptions{TPM: env.tpm, AK: env.ak, LogPath: env.logPath, BootID: "test-boot-2"},
+	})
+	if err != nil {
+		t.Fatalf("verify after kexec: %v", err)
+	}
+	if report.Final.NextIndex != 60 || report.Live.Attested != 0 {
+		t.Errorf("verified up to %d with %d live entries, want 60 and 0", report.Final.NextIndex, report.Live.Attested)
+	}
+}
