@@ -289,7 +289,7 @@ func TestSnapshotWhileMeasuring(t *testing.T) {
 		var pending []*imalog.Entry
 		for i := 0; i <= len(entries); {
 			// The round count changes under the lock, so a snapshot that
-			// sees a new round also sees its extends.
+			// reads a new count finds that round's extends in the TPM.
 			env.mu.Lock()
 			env.extend(pending...)
 			rounds.Add(1)
@@ -645,7 +645,7 @@ func TestSnapshotDetectsTPMReset(t *testing.T) {
 
 	// Restarting swtpm on the same state is a TPM reset: PCRs return to
 	// zero and resetCount grows. Extending the same entries again brings
-	// the PCRs back to the chain's end, so only resetCount tells.
+	// the PCRs back to the chain's end, so only resetCount shows the reset.
 	env.tpm.FlushAK(env.ak)
 	env.tpm.Close()
 	if err := env.inst.Stop(); err != nil {
