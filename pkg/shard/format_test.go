@@ -410,3 +410,21 @@ func writeTestShardF(f *testing.F, dir string) string {
 	}
 	return path
 }
+
+func TestOpenListReportsMissingIMA(t *testing.T) {
+	if _, err := os.Stat(DefaultLogPath); err == nil {
+		t.Skipf("%s exists on this host", DefaultLogPath)
+	}
+	_, err := openList(DefaultLogPath)
+	if !errors.Is(err, ErrNoMeasurementList) {
+		t.Fatalf("missing securityfs list: %v, want ErrNoMeasurementList", err)
+	}
+	if !bytes.Contains([]byte(err.Error()), []byte("CONFIG_IMA")) {
+		t.Errorf("error does not name the kernel option: %v", err)
+	}
+
+	_, err = openList(filepath.Join(t.TempDir(), "missing"))
+	if err == nil || errors.Is(err, ErrNoMeasurementList) {
+		t.Errorf("missing --log file: %v, want a plain not-found error", err)
+	}
+}

@@ -56,6 +56,11 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = DefaultMaxAttempts
 	}
+	list, err := openList(opts.LogPath)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	list.Close()
 	if info, err := os.Stat(opts.Dir); err != nil || !info.IsDir() {
 		return nil, fmt.Errorf("snapshot: chain directory %q: not a directory (create it first): %v", opts.Dir, err)
 	}

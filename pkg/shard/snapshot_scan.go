@@ -37,9 +37,9 @@ type liveScan struct {
 // entries for PCRs above 23, which never change the TPM, in the quoted shard
 // instead of its tail.
 func (s *snapshotter) scanLive(target pcr.Values) (*liveScan, error) {
-	f, err := os.Open(s.opts.LogPath)
+	f, err := openList(s.opts.LogPath)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: open measurement list: %w", err)
+		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	defer f.Close()
 
@@ -137,9 +137,9 @@ func (s *snapshotter) spool(scan *liveScan) (*spool, error) {
 		tailEnd = scan.endOffset
 	}
 
-	f, err := os.Open(s.opts.LogPath)
+	f, err := openList(s.opts.LogPath)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: open measurement list: %w", err)
+		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	defer f.Close()
 	if _, err := io.CopyN(io.Discard, f, scan.startOffset); err != nil {
