@@ -11,7 +11,7 @@ KERNEL_SUITE ?= bookworm
 INITRAMFS := bin/initramfs.cpio
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test bench-replay qemu-log
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test bench-replay qemu-log bench-verify
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -68,3 +68,9 @@ qemu-log: deps
 
 clean:
 	rm -rf bin
+
+# Verify time and peak memory on chains of 10,000 and 100,000 entries; not
+# part of `make test`. Pass other sizes with BENCH_SIZES="1000000".
+BENCH_SIZES ?= 10000 100000
+bench-verify:
+	./scripts/bench-verify.sh $(BENCH_SIZES)
