@@ -105,10 +105,7 @@ func boot(ctx context.Context, rep *bootReport, from, dir, tpmSpec, logPath, akA
 	}
 	rep.Carried = carried
 
-	return retryTPM("verify", func() error {
-		rep.Verify, rep.Replay, rep.Result = nil, nil, ""
-		return verifyWithTPM(ctx, rep, carried, dir, tpmSpec, logPath, akAlg)
-	})
+	return verifyWithTPM(ctx, rep, carried, dir, tpmSpec, logPath, akAlg)
 }
 
 func verifyWithTPM(ctx context.Context, rep *bootReport, carried []string, dir, tpmSpec, logPath, akAlg string) error {
