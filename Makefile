@@ -11,7 +11,7 @@ KERNEL_SUITE ?= bookworm
 INITRAMFS := bin/initramfs.cpio
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test bench-replay
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -20,6 +20,7 @@ help:
 	@echo "make deps    install the Debian packages the tests need (as root)"
 	@echo "make kernel  download Debian's kernel (KERNEL_SUITE=bookworm|trixie|sid) into ~/.cache/imashard"
 	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
+	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
 
 deps:
 	./scripts/install-deps.sh
@@ -54,6 +55,9 @@ initramfs:
 qemu-test: kernel initramfs
 	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
 		$(GO) test -count=1 -timeout 40m -v ./qemu/...
+
+bench-replay:
+	./scripts/bench-replay.sh
 
 clean:
 	rm -rf bin

@@ -28,8 +28,15 @@ var errUsage = errors.New("usage error")
 func commands() []command {
 	return []command{
 		// Subcommands are listed here in the order of a typical workflow.
-		{"boot", "verify carried shards and the live log in the initramfs of a new kernel", runBoot},
+		{"log", "show and replay IMA measurement lists", runLog},
+		{"pcrs", "print PCR values read from the TPM", runPcrs},
+		{"ak", "export the attestation key and EK for enrollment", runAk},
+		{"quote", "make a TPM2_Quote, or verify one with 'quote verify'", runQuote},
+		{"snapshot", "cut the next quote-anchored shard from the IMA log into a chain directory", runSnapshot},
+		{"verify", "verify a chain of shards (and the live log) with the pinned AK", runVerify},
+		{"export", "write a shard's quote and entries for tpm2_checkquote and evmctl", runExport},
 		{"kexec", "snapshot the log and kexec into the next kernel with the shards", runKexec},
+		{"boot", "verify carried shards and the live log in the initramfs of a new kernel", runBoot},
 	}
 }
 

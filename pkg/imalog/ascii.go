@@ -25,7 +25,7 @@ const maxNameLines = 16
 // checked and the entry written as binary.
 //
 // The ASCII list is lossy where the kernel prints names raw: a name with a
-// newline spans lines, and only the template hash tells where it ends. The
+// newline spans lines, and only the template hash shows where it ends. The
 // reader joins a line with the following ones only when the entry's template
 // hash then verifies; the binary list is authoritative.
 type ASCIIReader struct {
@@ -45,9 +45,9 @@ type ASCIIReader struct {
 }
 
 // NewASCIIReader returns a reader of the ASCII list in r. The template hash
-// column must have the size of opts' digest algorithm; the list's byte order
-// is unknown, so length fields are rebuilt in opts.ByteOrder (little-endian
-// for ByteOrderAuto).
+// column must have the size of opts' digest algorithm. The ASCII list does
+// not show the byte order, so length fields are rebuilt in opts.ByteOrder
+// (little-endian for ByteOrderAuto).
 func NewASCIIReader(r io.Reader, opts Options) *ASCIIReader {
 	rd := &ASCIIReader{br: bufio.NewReaderSize(r, 64<<10), opts: opts, order: opts.ByteOrder}
 	if rd.order == ByteOrderAuto {

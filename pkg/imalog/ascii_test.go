@@ -3,6 +3,7 @@ package imalog
 import (
 	"bytes"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -97,7 +98,7 @@ func TestASCIIReaderCorpus(t *testing.T) {
 	}
 }
 
-func TestASCIISingleDigitPCRA1(t *testing.T) {
+func TestASCIISingleDigitPCR(t *testing.T) {
 	entries, _, err := readASCII(t, readFile(t, "ccapi__evidence-api_test_data_ima_log.bin.txt"), Options{DigestAlg: pcr.SHA384})
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +113,7 @@ func TestASCIISingleDigitPCRA1(t *testing.T) {
 	}
 }
 
-func TestASCIIMissingSignatureColumnA3(t *testing.T) {
+func TestASCIIMissingSignatureColumn(t *testing.T) {
 	data := readFile(t, "keylimetests__create_policy_test2_ascii_runtime_measurements-1.txt")
 	entries, _, err := readASCII(t, data, Options{})
 	if err != nil {
@@ -137,13 +138,13 @@ func TestASCIIMissingSignatureColumnA3(t *testing.T) {
 	}
 }
 
-// t3Binary is T3: an ima-ng entry whose name has a space, a newline and an
+// oddNameHex is an ima-ng entry whose name has a space, a newline and an
 // invalid UTF-8 byte.
-const t3Hex = "0a000000 a00d3c5ad13ebb2ff76dcc5fd5a4d079ae5376fd 06000000 696d612d6e67 3a000000" +
+const oddNameHex = "0a000000 a00d3c5ad13ebb2ff76dcc5fd5a4d079ae5376fd 06000000 696d612d6e67 3a000000" +
 	"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" +
 	"0a000000 2f6120620aff2e736f00"
 
-func TestASCIINameWithSpaceA4(t *testing.T) {
+func TestASCIINameWithSpace(t *testing.T) {
 	data := mustHex(t, "28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 08000000 2f6120622e736f00")
 	want := sha1.Sum(data)
 	for _, name := range []string{"ima-ng", "ima-sig"} {
@@ -167,8 +168,8 @@ func TestASCIINameWithSpaceA4(t *testing.T) {
 	}
 }
 
-func TestASCIINameWithNewlineA5(t *testing.T) {
-	binary, _, err := readBinary(t, append(mustHex(t, t3Hex), mustHex(t, b1Hex)...), Options{})
+func TestASCIINameWithNewline(t *testing.T) {
+	binary, _, err := readBinary(t, append(mustHex(t, oddNameHex), mustHex(t, b1Hex)...), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +205,7 @@ func TestASCIINameWithNewlineA5(t *testing.T) {
 	}
 }
 
-func TestASCIIPerBankColumnA8(t *testing.T) {
+func TestASCIIPerBankColumn(t *testing.T) {
 	data := readFile(t, "keylime__create-runtime-policy_ima-log-sm3_256.txt")
 	_, _, err := readASCII(t, data, Options{})
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "64 hex digits") {
@@ -319,5 +320,92 @@ func TestTestdataProvenance(t *testing.T) {
 		if f.Name() != "SOURCES.tsv" && !strings.Contains(sources, "\n"+f.Name()+"\t") && !f.IsDir() {
 			t.Errorf("testdata/%s has no line in testdata/SOURCES.tsv", f.Name())
 		}
+	}
+}
+
+func TestSyntheticTemplateVectors(t *testing.T) {
+	cases := []struct {
+		name, templateName, data, hash, ascii string
+	}{
+		{
+			name:         "ima-sig with empty signature",
+			templateName: "ima-sig",
+			data:         "280000007368613235363a00e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855030000002f610000000000",
+			hash:         "6099666fce324d364596d0529672ef02e1be1b2a",
+			// The empty signature leaves a trailing space.
+			ascii: "10 6099666fce324d364596d0529672ef02e1be1b2a ima-sig sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 /a \n",
+		},
+		{
+			name:         "ima-buf kexec-cmdline",
+			templateName: "ima-buf",
+			data:         "280000007368613235363a00ace2599b3a2417133544620474ff9d3ba8354bbf7487afde17de9949a5311c670e0000006b657865632d636d646c696e650011000000726f6f743d2f6465762f7364613120726f",
+			hash:         "020bf3ba01cd1d2223fe57e955f21f45203d971c",
+			ascii:        "10 020bf3ba01cd1d2223fe57e955f21f45203d971c ima-buf sha256:ace2599b3a2417133544620474ff9d3ba8354bbf7487afde17de9949a5311c67 kexec-cmdline 726f6f743d2f6465762f7364613120726f\n",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := &Entry{PCR: 10, TemplateDigest: mustHex(t, tc.hash), TemplateName: tc.templateName, TemplateData: mustHex(t, tc.data)}
+			hash, err := e.TemplateHash(pcr.SHA1)
+			if err != nil || hex.EncodeToString(hash) != tc.hash {
+				t.Errorf("template hash = %x, %v; want %s", hash, err, tc.hash)
+			}
+			if got := string(AppendASCII(nil, e)); got != tc.ascii {
+				t.Errorf("ascii = %q\nwant    %q", got, tc.ascii)
+			}
+
+			entries, _, err := readASCII(t, []byte(tc.ascii), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(entries[0].TemplateData, e.TemplateData) {
+				t.Errorf("ASCII rebuilt %x", entries[0].TemplateData)
+			}
+		})
+	}
+
+	// The buf field is raw bytes: the digest is the SHA-256 of the buffer.
+	e := &Entry{TemplateName: "ima-buf", TemplateData: mustHex(t, cases[1].data)}
+	tmpl, err := e.ParseTemplate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := tmpl.Field("buf").Data
+	sum := sha256.Sum256(buf)
+	if string(buf) != "root=/dev/sda1 ro" || !bytes.Equal(sum[:], tmpl.Field("d-ng").Digest.Digest) {
+		t.Errorf("buf = %q, digest %x", buf, tmpl.Field("d-ng").Digest.Digest)
+	}
+}
+
+func TestImaBufDigestIsBufferHash(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.txt")
+	checked := 0
+	for _, file := range files {
+		entries, _, err := readASCII(t, readFile(t, filepath.Base(file)), Options{})
+		if err != nil {
+			continue // lists of other banks and invalid lists are tested elsewhere
+		}
+		for _, e := range entries {
+			if e.TemplateName != "ima-buf" || e.IsViolation() {
+				continue
+			}
+			tmpl, err := e.ParseTemplate()
+			if err != nil {
+				t.Fatalf("%s entry %d: %v", file, e.Index, err)
+			}
+			d := tmpl.Field("d-ng").Digest
+			h, err := d.Alg.New()
+			if err != nil {
+				t.Fatalf("%s entry %d: %v", file, e.Index, err)
+			}
+			h.Write(tmpl.Field("buf").Data)
+			if !bytes.Equal(h.Sum(nil), d.Digest) {
+				t.Errorf("%s entry %d: digest is not the %s of the buffer", file, e.Index, d.Algo)
+			}
+			checked++
+		}
+	}
+	if checked < 20 {
+		t.Errorf("checked %d ima-buf entries, expected at least 20 in the corpus", checked)
 	}
 }

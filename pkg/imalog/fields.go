@@ -56,7 +56,7 @@ func TemplateFields(name string) ([]string, error) {
 type Digest struct {
 	Type   string  // "ima" or "verity" for d-ngv2, empty otherwise
 	Algo   string  // the kernel's algorithm name, "" for the legacy d field
-	Alg    pcr.Alg // zero when Algo is not a TPM algorithm pcr knows
+	Alg    pcr.Alg // zero when pcr has no TPM algorithm for Algo
 	Digest []byte
 }
 
@@ -164,7 +164,7 @@ func (e *Entry) ParseTemplate() (*Template, error) {
 		data = data[4+n:]
 	}
 	if !t.Unknown && len(t.Fields) < len(ids) {
-		return t, fmt.Errorf("%w: template %s has %d fields but the template data holds %d", ErrMalformed, e.TemplateName, len(ids), len(t.Fields))
+		return t, fmt.Errorf("%w: template %s has %d fields but the template data contains %d", ErrMalformed, e.TemplateName, len(ids), len(t.Fields))
 	}
 	if t.TrailingBytes > 0 {
 		return t, fmt.Errorf("%w: %d trailing bytes in template data after the last field", ErrMalformed, t.TrailingBytes)
@@ -228,7 +228,7 @@ func decodeField(f *Field, order binary.ByteOrder) {
 }
 
 // decodeDigest splits "[type:]algo:\0digest" at the last ':' before the NUL.
-// The kernel's d-ng field always has the prefix when it knows the algorithm.
+// The kernel writes the prefix whenever the algorithm is in its hash_algo_name table.
 func decodeDigest(data []byte, typed bool) (*Digest, string) {
 	nul := bytes.IndexByte(data, 0)
 	if nul < 0 {

@@ -267,7 +267,7 @@ const (
 	DefaultListPath = SecurityfsDir + "/" + BinaryListName
 )
 
-// ListInfo is what a list's file name tells about it.
+// ListInfo is the format and Options derived from a list's file name.
 type ListInfo struct {
 	ASCII   bool
 	Options Options

@@ -25,7 +25,18 @@ type Reader struct {
 	offset     int64
 	pending    int
 	err        error // sticky: returned by every Next after the first error or EOF
+
+	// Entries and their bytes are carved from slabs, so reading costs about
+	// one allocation per few hundred entries. Slabs are never written twice,
+	// so returned entries stay valid; a kept entry keeps its slab alive.
+	entrySlab []Entry
+	byteSlab  []byte
 }
+
+const (
+	entrySlabLen  = 256
+	byteSlabBytes = 64 << 10
+)
 
 // NewReader returns a reader of the binary list in r. Invalid Options are
 // reported by the first call to Next.
@@ -137,7 +148,12 @@ func (r *Reader) next() (*Entry, error) {
 		return nil, err
 	}
 
-	e := &Entry{
+	if len(r.entrySlab) == 0 {
+		r.entrySlab = make([]Entry, entrySlabLen)
+	}
+	e := &r.entrySlab[0]
+	r.entrySlab = r.entrySlab[1:]
+	*e = Entry{
 		Index:          r.index,
 		Offset:         r.offset,
 		PCR:            r.order.Uint32(raw),
@@ -161,7 +177,7 @@ func (r *Reader) next() (*Entry, error) {
 }
 
 // readEntry returns a new slice with the next n bytes. Entries that fit the
-// buffer are peeked first, so a truncated one costs no allocation; larger
+// buffer are peeked first, so a truncated one costs no allocation. Larger
 // ones grow their slice only as bytes arrive, so a length field alone never
 // sizes an allocation.
 func (r *Reader) readEntry(n int) ([]byte, error) {
@@ -170,7 +186,11 @@ func (r *Reader) readEntry(n int) ([]byte, error) {
 		if err != nil {
 			return nil, r.truncated(len(peeked), n, err)
 		}
-		raw := make([]byte, n)
+		if len(r.byteSlab) < n {
+			r.byteSlab = make([]byte, max(byteSlabBytes, n))
+		}
+		raw := r.byteSlab[:n:n]
+		r.byteSlab = r.byteSlab[n:]
 		copy(raw, peeked)
 		_, _ = r.br.Discard(n)
 		return raw, nil

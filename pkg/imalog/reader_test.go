@@ -12,17 +12,17 @@ import (
 	"github.com/imashard/imashard/pkg/pcr"
 )
 
-// B1: a minimal ima-ng entry written by a little-endian kernel.
+// b1Hex is a minimal ima-ng entry written by a little-endian kernel.
 const b1Hex = "0a000000 da451298750d9fe6b3509ddde65c11a99212e60a 06000000 696d612d6e67 33000000" +
 	"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" +
 	"03000000 2f6100"
 
-// B2: the same event from a big-endian host without ima_canonical_fmt.
+// b2Hex is the same event from a big-endian host without ima_canonical_fmt.
 const b2Hex = "0000000a 3d5c9d477c0b02fad443da2ad641309247b48bdf 00000006 696d612d6e67 00000033" +
 	"00000028 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" +
 	"00000003 2f6100"
 
-// B5: a legacy ima entry for "/a" with the SHA-1 of the empty file.
+// b5Hex is a legacy ima entry for "/a" with the SHA-1 of the empty file.
 const b5Hex = "0a000000 c0b1d18afd11b1d28af4566dd410cded48175ecb 03000000 696d61" +
 	"da39a3ee5e6b4b0d3255bfef95601890afd80709 02000000 2f61"
 
@@ -31,7 +31,7 @@ const violationHex = "0a000000 0000000000000000000000000000000000000000 06000000
 	"28000000 7368613235363a00 0000000000000000000000000000000000000000000000000000000000000000" +
 	"07000000 2f746d702f7800"
 
-func TestReaderLittleEndianB1(t *testing.T) {
+func TestReaderLittleEndian(t *testing.T) {
 	entries, r, err := readBinary(t, mustHex(t, b1Hex), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestReaderLittleEndianB1(t *testing.T) {
 	}
 }
 
-func TestReaderBigEndianB2(t *testing.T) {
+func TestReaderBigEndian(t *testing.T) {
 	entries, r, err := readBinary(t, mustHex(t, b2Hex), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +108,7 @@ func TestReaderBigEndianB2(t *testing.T) {
 }
 
 func TestReaderForcedByteOrder(t *testing.T) {
-	// B3: canonical format on a big-endian host is byte-identical to B1.
+	// A big-endian host with ima_canonical_fmt writes the bytes of b1Hex.
 	entries, r, err := readBinary(t, mustHex(t, b1Hex), Options{ByteOrder: LittleEndian})
 	if err != nil || len(entries) != 1 || r.ByteOrder() != LittleEndian {
 		t.Fatalf("forced little-endian: %d entries, %v, %v", len(entries), r.ByteOrder(), err)
@@ -122,7 +122,7 @@ func TestReaderForcedByteOrder(t *testing.T) {
 	}
 }
 
-func TestReaderLegacyTemplateB5(t *testing.T) {
+func TestReaderLegacyTemplate(t *testing.T) {
 	entries, _, err := readBinary(t, mustHex(t, b5Hex), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +156,7 @@ func TestReaderLegacyTemplateB5(t *testing.T) {
 	}
 }
 
-func TestReaderLegacyNameTooLongB6(t *testing.T) {
+func TestReaderLegacyNameTooLong(t *testing.T) {
 	data := mustHex(t, "0a000000 c0b1d18afd11b1d28af4566dd410cded48175ecb 03000000 696d61 da39a3ee5e6b4b0d3255bfef95601890afd80709 00010000")
 	data = append(data, bytes.Repeat([]byte{'a'}, 256)...)
 	_, _, err := readBinary(t, data, Options{})
@@ -184,7 +184,7 @@ func TestReaderViolation(t *testing.T) {
 	}
 }
 
-func TestReaderTrailingTemplateBytesB10(t *testing.T) {
+func TestReaderTrailingTemplateBytes(t *testing.T) {
 	data := mustHex(t, b1Hex)
 	data[4+20+4+6] = 0x34
 	data = append(data, 0x00)
@@ -208,7 +208,7 @@ func TestReaderTrailingTemplateBytesB10(t *testing.T) {
 	}
 }
 
-func TestReaderOddNameT3(t *testing.T) {
+func TestReaderOddName(t *testing.T) {
 	data := mustHex(t, "0a000000 a00d3c5ad13ebb2ff76dcc5fd5a4d079ae5376fd 06000000 696d612d6e67 3a000000"+
 		"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"+
 		"0a000000 2f6120620aff2e736f00")
@@ -285,7 +285,7 @@ func TestReaderZeroLengthTemplateData(t *testing.T) {
 	}
 }
 
-func TestReaderPaddedSHA1DigestH2(t *testing.T) {
+func TestReaderPaddedSHA1Digest(t *testing.T) {
 	// A binary_runtime_measurements_sha256 entry whose digest is the SHA-1
 	// template hash zero-padded, as for a bank the kernel cannot hash.
 	data := mustHex(t, "0a000000 da451298750d9fe6b3509ddde65c11a99212e60a 000000000000000000000000 06000000 696d612d6e67 33000000"+
@@ -300,7 +300,7 @@ func TestReaderPaddedSHA1DigestH2(t *testing.T) {
 	}
 }
 
-func TestReaderUnknownBankH3(t *testing.T) {
+func TestReaderUnknownBank(t *testing.T) {
 	// A _tpm_alg_<hex> list whose digest field is the single byte '0'.
 	data := mustHex(t, "0a000000 30 06000000 696d612d6e67 33000000"+
 		"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 03000000 2f6100")

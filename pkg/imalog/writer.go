@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Writer writes entries as a binary list, in the byte order the kernel would
@@ -77,6 +78,17 @@ func AppendBinary(b []byte, e *Entry, order ByteOrder) ([]byte, error) {
 // with a newline breaks the line; use the binary list where that matters.
 // Template data that does not parse is printed as one hex field.
 func AppendASCII(b []byte, e *Entry) []byte {
+	return appendASCII(b, e, false)
+}
+
+// AppendASCIIEscaped is AppendASCII with control bytes and invalid UTF-8 in
+// names printed as \xNN, so that every entry stays on one line. Lines with
+// ordinary names are identical to the kernel's.
+func AppendASCIIEscaped(b []byte, e *Entry) []byte {
+	return appendASCII(b, e, true)
+}
+
+func appendASCII(b []byte, e *Entry, escape bool) []byte {
 	if e.PCR < 10 {
 		b = append(b, ' ')
 	}
@@ -94,7 +106,31 @@ func AppendASCII(b []byte, e *Entry) []byte {
 	}
 	for i := range t.Fields {
 		b = append(b, ' ')
+		if escape && t.Fields[i].Name != nil {
+			b = AppendEscapedName(b, t.Fields[i].Name)
+			continue
+		}
 		b = appendFieldASCII(b, &t.Fields[i], e.IsLegacy())
 	}
 	return append(b, '\n')
 }
+
+// AppendEscapedName appends a name with control bytes, DEL and bytes that
+// are not valid UTF-8 written as \xNN. Other bytes, backslash included,
+// are copied unchanged.
+func AppendEscapedName(b, name []byte) []byte {
+	for len(name) > 0 {
+		r, size := utf8.DecodeRune(name)
+		switch {
+		case r == utf8.RuneError && size <= 1, r < 0x20, r == 0x7f:
+			b = append(b, '\\', 'x', hexDigits[name[0]>>4], hexDigits[name[0]&0xf])
+			size = 1
+		default:
+			b = append(b, name[:size]...)
+		}
+		name = name[size:]
+	}
+	return b
+}
+
+const hexDigits = "0123456789abcdef"

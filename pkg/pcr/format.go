@@ -170,6 +170,8 @@ func ParseEvmctl(r io.Reader, alg Alg) (Values, error) {
 }
 
 // WriteEvmctl writes one bank as "PCR-NN: hex" lines for evmctl --pcrs.
+// NOTE: evmctl 1.4 reads the lines in order from PCR-00 and ignores values
+// after a gap, so give it every index from 0 up to the highest one.
 func WriteEvmctl(w io.Writer, v Values, alg Alg) error {
 	if len(v[alg]) == 0 {
 		return fmt.Errorf("no %s PCR values to write", alg)

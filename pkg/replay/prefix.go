@@ -37,8 +37,8 @@ type targetPCR struct {
 
 // FindPrefix extends r with entries until r matches target, checking before
 // the first entry and after every entry, and returns the prefix. When the
-// list ends first it returns an error wrapping ErrNoPrefixMatch that names
-// the banks and PCRs that never matched; r then holds the whole list.
+// list ends first, it returns an error wrapping ErrNoPrefixMatch that names
+// the banks and PCRs that never matched, and r then holds the whole list.
 // Entries after the prefix are left unread in entries.
 func FindPrefix(entries EntryReader, r *Replayer, target pcr.Values) (*Prefix, error) {
 	targets, err := r.compileTarget(target)
@@ -89,7 +89,7 @@ func (r *Replayer) compileTarget(target pcr.Values) ([]targetPCR, error) {
 	for _, alg := range target.Banks() {
 		pos := slices.Index(r.banks, alg)
 		if pos < 0 {
-			return nil, fmt.Errorf("target holds the %s bank, which is not replayed (banks %v)", alg, r.banks)
+			return nil, fmt.Errorf("target contains the %s bank, which is not among the replayed banks %v: add it to the banks", alg, r.banks)
 		}
 		for _, index := range target.Indexes(alg) {
 			want, _ := target.Get(alg, index)

@@ -86,7 +86,7 @@ func TestFindPrefixLogShorterThanQuote(t *testing.T) {
 }
 
 func TestFindPrefixTwoPCRs(t *testing.T) {
-	// Q5: PCR 10 and PCR 11 must match at one common prefix.
+	// PCR 10 and PCR 11 must match at one common prefix.
 	data := binaryReader(t, b1Hex, pcr11Hex, b1Hex)
 	want := newReplayer(t, nil, pcr.SHA1)
 	replayAll(t, binaryReader(t, b1Hex, pcr11Hex), want)

@@ -1,7 +1,7 @@
-// Package replay recomputes PCR values from IMA measurement list entries,
-// under both rules the kernel has used to extend non-SHA-1 banks, and finds
-// the prefix of a list that replays to given PCR values (a quote or a PCR
-// read, which the list is usually ahead of).
+// Package replay recomputes PCR values from IMA measurement list entries
+// under both rules the kernel has used to extend non-SHA-1 banks. It also
+// finds the prefix of a list that replays to given PCR values, such as a
+// quote or a PCR read, which the list is usually ahead of.
 package replay
 
 import (
@@ -18,7 +18,7 @@ import (
 	"github.com/imashard/imashard/pkg/pcr"
 )
 
-// Rule is how the kernel extended a bank.
+// Rule is the kernel's rule for the value it extends into a bank.
 type Rule int
 
 const (
@@ -63,16 +63,17 @@ type pcrState struct {
 
 // Replayer extends PCR values with entries, one entry at a time.
 type Replayer struct {
-	banks      []pcr.Alg
-	start      pcr.Values
-	pcrs       map[uint32]*pcrState
-	last       *pcrState
-	lastIndex  uint32
-	entries    int64
-	violations int64
-	mismatches int64
-	kept       []error
-	padded     int64
+	banks          []pcr.Alg
+	sizes          []int // digest sizes of banks
+	start          pcr.Values
+	pcrs           map[uint32]*pcrState
+	last           *pcrState
+	lastIndex      uint32
+	entries        int64
+	violations     int64
+	mismatches     int64
+	keptMismatches []error
+	padded         int64
 }
 
 // New returns a replayer for the banks that starts at start. PCRs absent
@@ -109,7 +110,11 @@ func New(start pcr.Values, banks []pcr.Alg) (*Replayer, error) {
 			}
 		}
 	}
-	return &Replayer{banks: banks, start: start.Clone(), pcrs: make(map[uint32]*pcrState)}, nil
+	sizes := make([]int, len(banks))
+	for i, alg := range banks {
+		sizes[i] = alg.Size()
+	}
+	return &Replayer{banks: banks, sizes: sizes, start: start.Clone(), pcrs: make(map[uint32]*pcrState)}, nil
 }
 
 // Banks returns the replayed banks in TPM_ALG_ID order.
@@ -136,117 +141,147 @@ func (r *Replayer) state(index uint32) *pcrState {
 
 // Extend extends both rules of every bank with the entry, into the entry's
 // own PCR index. It also checks the template digest against the hash it
-// computes and counts mismatches (see Mismatches); a mismatch is not an
+// computes and counts mismatches (see Mismatches). A mismatch is not an
 // error, because the kernel extended the digest regardless.
 func (r *Replayer) Extend(e *imalog.Entry) error {
-	var sha1Hash [sha1.Size]byte
-	var perBank [4][sha512.Size]byte // per bank, sized for the largest
-	violation := e.IsViolation()
+	var h hashedEntry
+	h.entry = e
+	r.hashEntry(&h)
+	return r.extendHashed(&h)
+}
 
-	if !violation {
-		if err := r.templateHashes(e, &sha1Hash, &perBank); err != nil {
-			return fmt.Errorf("replay entry %d at byte offset %d: %w", e.Index, e.Offset, err)
+// Digest checks done by hashEntry.
+const (
+	digestOK = iota
+	digestMismatch
+	digestPadded
+)
+
+// hashedEntry is an entry with its template hashes in every bank: the
+// expensive part of Extend, which ReplayAll computes on another goroutine.
+type hashedEntry struct {
+	entry     *imalog.Entry
+	violation bool
+	sha1Hash  [sha1.Size]byte
+	perBank   [4][sha512.Size]byte // in the order of Replayer.banks
+	digest    int
+	err       error
+}
+
+// hashEntry fills h from h.entry. It reads only r.banks, which never
+// changes, so it may run concurrently with extendHashed.
+func (r *Replayer) hashEntry(h *hashedEntry) {
+	e := h.entry
+	h.violation = e.IsViolation()
+	if h.violation {
+		for i := range r.banks {
+			for j := range r.sizes[i] {
+				h.perBank[i][j] = 0xff
+			}
 		}
+		return
 	}
 
+	data := e.TemplateData
+	var legacyBuf [20 + 256]byte
+	if e.IsLegacy() {
+		if len(data) < 20 || len(data)-20 > 255 {
+			h.err = fmt.Errorf("replay entry %d at byte offset %d: %w: legacy ima template data of %d bytes is not a 20-byte digest and a name of at most 255 bytes",
+				e.Index, e.Offset, imalog.ErrMalformed, len(data))
+			return
+		}
+		copy(legacyBuf[:], data)
+		data = legacyBuf[:]
+	}
+
+	h.sha1Hash = sha1.Sum(data)
+	var digestAlgHash []byte
+	for i, alg := range r.banks {
+		switch alg {
+		case pcr.SHA1:
+			copy(h.perBank[i][:], h.sha1Hash[:])
+		case pcr.SHA256:
+			sum := sha256.Sum256(data)
+			copy(h.perBank[i][:], sum[:])
+		case pcr.SHA384:
+			sum := sha512.Sum384(data)
+			copy(h.perBank[i][:], sum[:])
+		case pcr.SHA512:
+			sum := sha512.Sum512(data)
+			copy(h.perBank[i][:], sum[:])
+		}
+		if alg == e.DigestAlg || (e.DigestAlg == 0 && alg == pcr.SHA1) {
+			digestAlgHash = h.perBank[i][:r.sizes[i]]
+		}
+	}
+	h.digest = checkDigest(e, h.sha1Hash[:], digestAlgHash)
+}
+
+func checkDigest(e *imalog.Entry, sha1Hash, digestAlgHash []byte) int {
+	switch {
+	case bytes.Equal(e.TemplateDigest, digestAlgHash):
+		return digestOK
+	case len(e.TemplateDigest) == sha1.Size && bytes.Equal(e.TemplateDigest, sha1Hash):
+		return digestOK
+	case len(e.TemplateDigest) > sha1.Size && bytes.Equal(e.TemplateDigest[:sha1.Size], sha1Hash) && allZero(e.TemplateDigest[sha1.Size:]):
+		return digestPadded
+	}
+
+	// The list's algorithm is not a replayed bank: let the entry compute it.
+	if digestAlgHash == nil {
+		padded, err := e.VerifyTemplateHash()
+		switch {
+		case padded:
+			return digestPadded
+		case err == nil, errors.Is(err, pcr.ErrUnsupportedAlg):
+			return digestOK
+		}
+	}
+	return digestMismatch
+}
+
+// extendHashed extends every bank with a hashed entry and records the
+// result of its digest check.
+func (r *Replayer) extendHashed(h *hashedEntry) error {
+	if h.err != nil {
+		return h.err
+	}
+	e := h.entry
 	s := r.state(e.PCR)
+
 	var paddedMsg [sha512.Size]byte
-	if violation {
+	if h.violation {
 		for i := range sha1.Size {
 			paddedMsg[i] = 0xff
 		}
 	} else {
-		copy(paddedMsg[:], sha1Hash[:])
+		copy(paddedMsg[:], h.sha1Hash[:])
 	}
 	for i, alg := range r.banks {
-		size := alg.Size()
+		size := r.sizes[i]
 		b := &s.banks[i]
-		msg := perBank[i][:size]
-		if violation {
-			for j := range msg {
-				msg[j] = 0xff
-			}
-		}
-		extend(alg, b.perBank[:size], msg)
+		extend(alg, b.perBank[:size], h.perBank[i][:size])
 		if alg != pcr.SHA1 {
 			extend(alg, b.padded[:size], paddedMsg[:size])
 		}
 	}
 
 	r.entries++
-	if violation {
+	if h.violation {
 		r.violations++
 	}
-	return nil
-}
-
-// templateHashes fills the SHA-1 template hash and the per-bank hashes, and
-// records a template digest mismatch.
-func (r *Replayer) templateHashes(e *imalog.Entry, sha1Hash *[sha1.Size]byte, perBank *[4][sha512.Size]byte) error {
-	data := e.TemplateData
-	if e.IsLegacy() {
-		var buf [20 + 256]byte
-		if len(data) < 20 || len(data)-20 > 255 {
-			return fmt.Errorf("%w: legacy ima template data of %d bytes is not a 20-byte digest and a name of at most 255 bytes", imalog.ErrMalformed, len(data))
-		}
-		copy(buf[:], data)
-		data = buf[:]
-	}
-
-	*sha1Hash = sha1.Sum(data)
-	var digestAlgHash []byte
-	for i, alg := range r.banks {
-		switch alg {
-		case pcr.SHA1:
-			copy(perBank[i][:], sha1Hash[:])
-		case pcr.SHA256:
-			h := sha256.Sum256(data)
-			copy(perBank[i][:], h[:])
-		case pcr.SHA384:
-			h := sha512.Sum384(data)
-			copy(perBank[i][:], h[:])
-		case pcr.SHA512:
-			h := sha512.Sum512(data)
-			copy(perBank[i][:], h[:])
-		}
-		if alg == e.DigestAlg || (e.DigestAlg == 0 && alg == pcr.SHA1) {
-			digestAlgHash = perBank[i][:alg.Size()]
-		}
-	}
-
-	r.checkDigest(e, sha1Hash[:], digestAlgHash)
-	return nil
-}
-
-func (r *Replayer) checkDigest(e *imalog.Entry, sha1Hash, digestAlgHash []byte) {
-	if bytes.Equal(e.TemplateDigest, digestAlgHash) {
-		return
-	}
-	if len(e.TemplateDigest) == sha1.Size && bytes.Equal(e.TemplateDigest, sha1Hash) {
-		return
-	}
-	if len(e.TemplateDigest) > sha1.Size && bytes.Equal(e.TemplateDigest[:sha1.Size], sha1Hash) && allZero(e.TemplateDigest[sha1.Size:]) {
+	switch h.digest {
+	case digestPadded:
 		r.padded++
-		return
-	}
-
-	// The list's algorithm is not a replayed bank: let the entry compute it.
-	if digestAlgHash == nil {
-		padded, err := e.VerifyTemplateHash()
-		if padded {
-			r.padded++
-		}
-		if err == nil || errors.Is(err, pcr.ErrUnsupportedAlg) {
-			return
+	case digestMismatch:
+		r.mismatches++
+		err := &imalog.EntryError{Index: e.Index, Offset: e.Offset, Err: fmt.Errorf("%w: template digest %x does not match the template data", imalog.ErrTemplateHash, e.TemplateDigest)}
+		slog.Debug("template hash mismatch", "entry", e.Index, "offset", e.Offset)
+		if len(r.keptMismatches) < maxKeptMismatches {
+			r.keptMismatches = append(r.keptMismatches, err)
 		}
 	}
-
-	r.mismatches++
-	err := &imalog.EntryError{Index: e.Index, Offset: e.Offset, Err: fmt.Errorf("%w: template digest %x does not match the template data", imalog.ErrTemplateHash, e.TemplateDigest)}
-	slog.Debug("template hash mismatch", "entry", e.Index, "offset", e.Offset)
-	if len(r.kept) < maxKeptMismatches {
-		r.kept = append(r.kept, err)
-	}
+	return nil
 }
 
 func allZero(b []byte) bool {
@@ -339,17 +374,21 @@ func (r *Replayer) indexes() []uint32 {
 
 // value returns a PCR's current value under a rule without creating state.
 func (r *Replayer) value(bankPos int, alg pcr.Alg, index uint32, rule Rule) []byte {
+	size := r.sizes[bankPos]
 	s, ok := r.pcrs[index]
+	if r.last != nil && r.lastIndex == index {
+		s, ok = r.last, true
+	}
 	if !ok {
 		if v, ok := r.start.Get(alg, int(index)); ok {
 			return v
 		}
-		return zero[:alg.Size()]
+		return zero[:size]
 	}
 	if rule == RulePaddedSHA1 && alg != pcr.SHA1 {
-		return s.banks[bankPos].padded[:alg.Size()]
+		return s.banks[bankPos].padded[:size]
 	}
-	return s.banks[bankPos].perBank[:alg.Size()]
+	return s.banks[bankPos].perBank[:size]
 }
 
 var zero [sha512.Size]byte
@@ -403,7 +442,7 @@ func (r *Replayer) Violations() int64 { return r.violations }
 // Mismatches returns the number of entries whose template digest did not
 // match their template data, and the first of them (at most 100) as
 // *imalog.EntryError values wrapping imalog.ErrTemplateHash.
-func (r *Replayer) Mismatches() (int64, []error) { return r.mismatches, slices.Clone(r.kept) }
+func (r *Replayer) Mismatches() (int64, []error) { return r.mismatches, slices.Clone(r.keptMismatches) }
 
 // PaddedDigests returns the number of entries whose template digest was the
 // SHA-1 template hash zero-padded to a larger digest field.
@@ -413,8 +452,9 @@ func (r *Replayer) PaddedDigests() int64 { return r.padded }
 func (r *Replayer) Clone() *Replayer {
 	c := *r
 	c.banks = slices.Clone(r.banks)
+	c.sizes = slices.Clone(r.sizes)
 	c.start = r.start.Clone()
-	c.kept = slices.Clone(r.kept)
+	c.keptMismatches = slices.Clone(r.keptMismatches)
 	c.pcrs = make(map[uint32]*pcrState, len(r.pcrs))
 	for index, s := range r.pcrs {
 		c.pcrs[index] = &pcrState{banks: slices.Clone(s.banks)}

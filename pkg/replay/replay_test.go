@@ -178,11 +178,11 @@ func TestReplayPerBankListsMatchKVT(t *testing.T) {
 	}
 }
 
-// b1 is the minimal ima-ng entry from a little-endian kernel.
+// b1Hex is the minimal ima-ng entry from a little-endian kernel.
 const b1Hex = "0a000000 da451298750d9fe6b3509ddde65c11a99212e60a 06000000 696d612d6e67 33000000" +
 	"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 03000000 2f6100"
 
-// pcr11 is an entry for "/b" that a pcr= policy rule sent to PCR 11.
+// pcr11Hex is an entry for "/b" that a pcr= policy rule sent to PCR 11.
 const pcr11Hex = "0b000000 721ccd605cd7192db9f4f4afd49042e6f414ce0b 06000000 696d612d6e67 33000000" +
 	"28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 03000000 2f6200"
 
@@ -194,7 +194,7 @@ func binaryReader(t testing.TB, hexEntries ...string) EntryReader {
 	return imalog.NewReader(bytes.NewReader(data), imalog.Options{})
 }
 
-func TestReplayB1BothRules(t *testing.T) {
+func TestReplayBothRules(t *testing.T) {
 	r := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
 	replayAll(t, binaryReader(t, b1Hex), r)
 	perBank, padded := r.Candidates()

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/imashard/imashard/pkg/imalog"
+	"github.com/imashard/imashard/pkg/pcr"
+	"github.com/imashard/imashard/pkg/shard"
+	"github.com/imashard/imashard/pkg/swtpm"
+	"github.com/imashard/imashard/pkg/tpm"
+)
+
+// measureInto appends the entries of the list at src to logPath and extends
+// the swtpm's PCRs with them, then closes the TPM connection so the command
+// under test can open its own (swtpm serves one connection at a time).
+func measureInto(t *testing.T, spec, src, logPath string, from, to int) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := imalog.NewReader(bytes.NewReader(data), imalog.Options{})
+	tp, err := tpm.Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	banks, err := tp.Banks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	for i := 0; i < to; i++ {
+		e, err := r.Next()
+		if err != nil {
+			t.Fatalf("%s entry %d: %v", src, i, err)
+		}
+		if i < from {
+			continue
+		}
+		if _, err := f.Write(e.Raw); err != nil {
+			t.Fatal(err)
+		}
+		digests := map[pcr.Alg][]byte{}
+		for _, alg := range banks {
+			if digests[alg], err = e.TemplateHash(alg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tp.ExtendPCR(int(e.PCR), digests); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	err := run(args, bytes.NewReader(nil), &stdout, &stderr)
+	if stderr.Len() > 0 {
+		t.Logf("imashard %v stderr:\n%s", args, stderr.String())
+	}
+	return stdout.String(), err
+}
+
+func TestSnapshotExportVerifyCommands(t *testing.T) {
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+
+	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
+	logPath := filepath.Join(t.TempDir(), "binary_runtime_measurements")
+	dir := t.TempDir()
+
+	for _, cut := range [][2]int{{0, 50}, {50, 120}} {
+		measureInto(t, inst.Spec(), src, logPath, cut[0], cut[1])
+		out, err := runCLI(t, "snapshot", "--dir", dir, "--log", logPath, "--tpm", inst.Spec(), "--json")
+		if err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		var res map[string]any
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("snapshot --json output %q: %v", out, err)
+		}
+		if res["first_index"] != float64(cut[0]) || res["entries"] != float64(cut[1]-cut[0]) {
+			t.Errorf("snapshot result %v, want first_index %d and %d entries", res, cut[0], cut[1]-cut[0])
+		}
+	}
+
+	exportDir := t.TempDir()
+	if _, err := runCLI(t, "export", "--tpm2-tools", exportDir, filepath.Join(dir, shard.FileName(0))); err != nil {
+		t.Fatalf("export: %v", err)
+	}
+	akPEM := filepath.Join(exportDir, "ak.pem")
+
+	measureInto(t, inst.Spec(), src, logPath, 120, 130)
+	out, err := runCLI(t, "verify", "--ak", akPEM, dir, "--live", "--tpm", inst.Spec(), "--log", logPath, "--json")
+	if err != nil {
+		t.Fatalf("verify --live: %v\n%s", err, out)
+	}
+	var report shard.Report
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		t.Fatal(err)
+	}
+	if !report.OK || len(report.Shards) != 2 || report.Final.NextIndex != 120 || report.Live.Attested != 10 {
+		t.Errorf("report OK=%v shards=%d next=%d live attested=%d, want true 2 120 10", report.OK, len(report.Shards), report.Final.NextIndex, report.Live.Attested)
+	}
+
+	// A changed byte in the entry section must fail with exit status 1.
+	path := filepath.Join(dir, shard.FileName(1))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x04
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI(t, "verify", "--ak", akPEM, dir)
+	if !errors.Is(err, errVerifyFailed) || errors.Is(err, errUsage) {
+		t.Errorf("verify of a changed shard: %v, want a verification failure", err)
+	}
+	if !bytes.Contains([]byte(out), []byte("FAILED")) {
+		t.Errorf("report of a changed shard does not say FAILED:\n%s", out)
+	}
+
+	if _, err := runCLI(t, "verify", dir); !errors.Is(err, errUsage) {
+		t.Errorf("verify without --ak: %v, want a usage error", err)
+	}
+}
+
+func TestVerifyHelpExitsZero(t *testing.T) {
+	for _, name := range []string{"snapshot", "verify", "export"} {
+		var stderr bytes.Buffer
+		err := run([]string{name, "--help"}, nil, io.Discard, &stderr)
+		if err != nil && err.Error() != "flag: help requested" {
+			t.Errorf("%s --help: %v", name, err)
+		}
+		if !bytes.Contains(stderr.Bytes(), []byte("usage: imashard "+name)) {
+			t.Errorf("%s --help does not print its usage:\n%s", name, stderr.String())
+		}
+	}
+}
