@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/tcp"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultDevice is the kernel's TPM device with the in-kernel resource
@@ -90,7 +91,17 @@ func openDevice(path string) (rawTPM, bool, error) {
 		return nil, false, fmt.Errorf("%w: %s is not a device (mode %s): pass a TPM character device such as /dev/tpmrm0, or unix:PATH for a socket", ErrNoDevice, path, fi.Mode())
 	}
 
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	// Open blocking: os.OpenFile puts a pollable character device into
+	// non-blocking mode, and then the TPM driver runs commands
+	// asynchronously and a read before the response is ready returns 0
+	// bytes (io.EOF), after which the next write fails with EBUSY.
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	var f *os.File
+	if err == nil {
+		f = os.NewFile(uintptr(fd), path)
+	} else {
+		err = &os.PathError{Op: "open", Path: path, Err: err}
+	}
 	if errors.Is(err, os.ErrPermission) {
 		return nil, false, fmt.Errorf("%w: %s: permission denied: run as root or as a member of the tss group", ErrNoDevice, path)
 	}
