@@ -90,7 +90,12 @@ func openDevice(path string) (rawTPM, bool, error) {
 		return nil, false, fmt.Errorf("%w: %s is not a device (mode %s): pass a TPM character device such as /dev/tpmrm0, or unix:PATH for a socket", ErrNoDevice, path, fi.Mode())
 	}
 
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	// The file must stay in blocking mode. os.OpenFile would register a
+	// character device with Go's poller and set O_NONBLOCK, and then the
+	// driver queues the command and a read before it finishes returns 0
+	// bytes (seen under QEMU TCG as an EOF, then EBUSY on the next write).
+	// In blocking mode the driver runs the command during write.
+	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if errors.Is(err, os.ErrPermission) {
 		return nil, false, fmt.Errorf("%w: %s: permission denied: run as root or as a member of the tss group", ErrNoDevice, path)
 	}
@@ -99,6 +104,8 @@ func openDevice(path string) (rawTPM, bool, error) {
 		// resource manager or tpm2-abrmd may hold it.
 		return nil, false, fmt.Errorf("%w: opening %s: %v (if it is busy, use /dev/tpmrm0 or stop tpm2-abrmd)", ErrNoDevice, path, err)
 	}
+
+	f := os.NewFile(uintptr(fd), path)
 
 	hasResourceManager := strings.HasPrefix(fi.Name(), "tpmrm")
 	return &deviceTPM{f: f, buf: make([]byte, maxResponseSize)}, hasResourceManager, nil
@@ -110,7 +117,9 @@ func (d *deviceTPM) Send(cmd []byte) ([]byte, error) {
 	}
 	n, err := d.f.Read(d.buf)
 	if err != nil {
-		return nil, fmt.Errorf("reading response from %s: %w", d.f.Name(), err)
+		// An empty read means the driver failed the command, for example on
+		// a timeout, and the TPM may or may not have run it.
+		return nil, fmt.Errorf("reading response from %s: %w (the kernel TPM driver returned no response; see dmesg)", d.f.Name(), err)
 	}
 	return append([]byte(nil), d.buf[:n]...), nil
 }
