@@ -28,7 +28,7 @@ type guestQuote struct {
 // TestTPMCommandsOnKernelDevices runs `imashard pcrs` and `imashard quote`
 // in a guest on /dev/tpm0, which has no resource manager, and on
 // /dev/tpmrm0. Five quotes in a row on /dev/tpm0 need more object slots
-// than swtpm has (3), so they pass only when every AK is flushed. The host
+// than swtpm has (3 in libtpms), so they pass only when every AK is flushed. The host
 // then verifies each quote and derives the same AK from the swtpm state.
 func TestTPMCommandsOnKernelDevices(t *testing.T) {
 	g := needGuest(t)

@@ -90,11 +90,11 @@ func openDevice(path string) (rawTPM, bool, error) {
 		return nil, false, fmt.Errorf("%w: %s is not a device (mode %s): pass a TPM character device such as /dev/tpmrm0, or unix:PATH for a socket", ErrNoDevice, path, fi.Mode())
 	}
 
-	// The file must stay in blocking mode. os.OpenFile would register a
-	// character device with Go's poller and set O_NONBLOCK, and then the
-	// driver queues the command and a read before it finishes returns 0
-	// bytes (seen under QEMU TCG as an EOF, then EBUSY on the next write).
-	// In blocking mode the driver runs the command during write.
+	// The file must stay in blocking mode. os.OpenFile registers a character
+	// device with Go's poller and sets O_NONBLOCK. The driver then queues the
+	// command, and a read before it finishes returns 0 bytes. Under QEMU TCG
+	// that showed as an EOF, then EBUSY on the next write. In blocking mode
+	// the driver runs the command during write.
 	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if errors.Is(err, os.ErrPermission) {
 		return nil, false, fmt.Errorf("%w: %s: permission denied: run as root or as a member of the tss group", ErrNoDevice, path)
@@ -259,6 +259,9 @@ const (
 // retryTPM resends commands that the TPM rejected with TPM_RC_RETRY,
 // TPM_RC_YIELDED or TPM_RC_TESTING, with exponential backoff, and keeps the
 // last response so callers can take byte-exact fields from it.
+//
+// TODO: no test drives the resend path, because swtpm cannot be made to
+// return these codes.
 type retryTPM struct {
 	raw          rawTPM
 	maxAttempts  int
