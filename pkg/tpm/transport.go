@@ -16,7 +16,6 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/tcp"
-	"golang.org/x/sys/unix"
 )
 
 // DefaultDevice is the kernel's TPM device with the in-kernel resource
@@ -91,17 +90,12 @@ func openDevice(path string) (rawTPM, bool, error) {
 		return nil, false, fmt.Errorf("%w: %s is not a device (mode %s): pass a TPM character device such as /dev/tpmrm0, or unix:PATH for a socket", ErrNoDevice, path, fi.Mode())
 	}
 
-	// Open blocking: os.OpenFile puts a pollable character device into
-	// non-blocking mode, and then the TPM driver runs commands
-	// asynchronously and a read before the response is ready returns 0
-	// bytes (io.EOF), after which the next write fails with EBUSY.
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
-	var f *os.File
-	if err == nil {
-		f = os.NewFile(uintptr(fd), path)
-	} else {
-		err = &os.PathError{Op: "open", Path: path, Err: err}
-	}
+	// The file must stay in blocking mode. os.OpenFile registers a character
+	// device with Go's poller and sets O_NONBLOCK. The driver then queues the
+	// command, and a read before it finishes returns 0 bytes. Under QEMU TCG
+	// that showed as an EOF, then EBUSY on the next write. In blocking mode
+	// the driver runs the command during write.
+	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if errors.Is(err, os.ErrPermission) {
 		return nil, false, fmt.Errorf("%w: %s: permission denied: run as root or as a member of the tss group", ErrNoDevice, path)
 	}
@@ -110,6 +104,8 @@ func openDevice(path string) (rawTPM, bool, error) {
 		// resource manager or tpm2-abrmd may hold it.
 		return nil, false, fmt.Errorf("%w: opening %s: %v (if it is busy, use /dev/tpmrm0 or stop tpm2-abrmd)", ErrNoDevice, path, err)
 	}
+
+	f := os.NewFile(uintptr(fd), path)
 
 	hasResourceManager := strings.HasPrefix(fi.Name(), "tpmrm")
 	return &deviceTPM{f: f, buf: make([]byte, maxResponseSize)}, hasResourceManager, nil
@@ -121,7 +117,9 @@ func (d *deviceTPM) Send(cmd []byte) ([]byte, error) {
 	}
 	n, err := d.f.Read(d.buf)
 	if err != nil {
-		return nil, fmt.Errorf("reading response from %s: %w", d.f.Name(), err)
+		// An empty read means the driver failed the command, for example on
+		// a timeout, and the TPM may or may not have run it.
+		return nil, fmt.Errorf("reading response from %s: %w (the kernel TPM driver returned no response; see dmesg)", d.f.Name(), err)
 	}
 	return append([]byte(nil), d.buf[:n]...), nil
 }
@@ -261,6 +259,9 @@ const (
 // retryTPM resends commands that the TPM rejected with TPM_RC_RETRY,
 // TPM_RC_YIELDED or TPM_RC_TESTING, with exponential backoff, and keeps the
 // last response so callers can take byte-exact fields from it.
+//
+// TODO: no test drives the resend path, because swtpm cannot be made to
+// return these codes.
 type retryTPM struct {
 	raw          rawTPM
 	maxAttempts  int
