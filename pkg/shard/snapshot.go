@@ -77,8 +77,8 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 
 	banks := opts.Banks
 	if banks == nil {
-		if banks, err = opts.TPM.Banks(); err != nil {
-			return nil, fmt.Errorf("snapshot: list PCR banks: %w", err)
+		if banks, err = replayableBanks(opts.TPM); err != nil {
+			return nil, err
 		}
 	}
 
@@ -203,4 +203,26 @@ func (s *snapshotter) checkReset(quote *tpm.Quote) error {
 		return fmt.Errorf("snapshot: %w: TPM resetCount is %d, the chain's last shard %s was quoted at %d: start a new chain in an empty directory", ErrResetDetected, info.ResetCount, s.end.File, s.end.ResetCount)
 	}
 	return nil
+}
+
+// replayableBanks returns the allocated banks whose hash this build can
+// compute. Other banks, such as SM3 on some TPMs, are left out of the shard
+// and logged, because no replay could check them.
+func replayableBanks(t *tpm.TPM) ([]pcr.Alg, error) {
+	allocated, err := t.Banks()
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: list PCR banks: %w", err)
+	}
+	var banks []pcr.Alg
+	for _, alg := range allocated {
+		if _, err := alg.New(); err != nil {
+			slog.Warn("leaving a PCR bank out of the shard because its hash is not supported", "bank", alg.String(), "err", err)
+			continue
+		}
+		banks = append(banks, alg)
+	}
+	if len(banks) == 0 {
+		return nil, fmt.Errorf("snapshot: none of the allocated PCR banks %v can be replayed: allocate a sha1, sha256, sha384 or sha512 bank", allocated)
+	}
+	return banks, nil
 }
