@@ -24,7 +24,7 @@ type SnapshotOptions struct {
 	LogOptions imalog.Options
 	TPM        *tpm.TPM
 	AK         *tpm.AK
-	Banks      []pcr.Alg // nil means every allocated bank
+	Banks      []pcr.Alg // nil means every allocated bank whose hash this build computes (not SM3)
 	Tail       bool      // also record entries the log already has past the quoted state
 
 	BootID      string // "" means the kernel's boot ID; tests set it to simulate a new boot
@@ -186,7 +186,7 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 		slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", scan.count)
 		target = moved
 	}
-	return nil, fmt.Errorf("snapshot: PCRs kept moving during %d quotes; measurements arrive faster than a snapshot completes: retry later or raise the attempt limit", s.opts.MaxAttempts)
+	return nil, fmt.Errorf("snapshot: no stable cut after %d attempts because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
 }
 
 // checkReset rejects a quote from a TPM that was reset since the chain's last
