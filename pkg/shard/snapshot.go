@@ -39,6 +39,10 @@ type SnapshotResult struct {
 	Entries     int64
 	TailEntries int64
 	End         pcr.Values
+	// BootFirstIndex is the history index of the first entry of this boot's
+	// list, so FirstIndex+Entries+TailEntries-BootFirstIndex entries of the
+	// live list are in the chain.
+	BootFirstIndex int64
 }
 
 // Snapshot cuts the next shard from the live log and writes it to opts.Dir.
