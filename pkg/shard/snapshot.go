@@ -24,7 +24,7 @@ type SnapshotOptions struct {
 	LogOptions imalog.Options
 	TPM        *tpm.TPM
 	AK         *tpm.AK
-	Banks      []pcr.Alg // nil means every allocated bank
+	Banks      []pcr.Alg // nil means every allocated bank whose hash this build computes (not SM3)
 	Tail       bool      // also record entries the log already has past the quoted state
 
 	BootID      string // "" means the kernel's boot ID; tests set it to simulate a new boot
@@ -39,6 +39,10 @@ type SnapshotResult struct {
 	Entries     int64
 	TailEntries int64
 	End         pcr.Values
+	// BootFirstIndex is the history index of the first entry of this boot's
+	// list, so FirstIndex+Entries+TailEntries-BootFirstIndex entries of the
+	// live list are in the chain.
+	BootFirstIndex int64
 }
 
 // Snapshot cuts the next shard from the live log and writes it to opts.Dir.
@@ -77,8 +81,8 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 
 	banks := opts.Banks
 	if banks == nil {
-		if banks, err = opts.TPM.Banks(); err != nil {
-			return nil, fmt.Errorf("snapshot: list PCR banks: %w", err)
+		if banks, err = replayableBanks(opts.TPM); err != nil {
+			return nil, err
 		}
 	}
 
@@ -186,7 +190,7 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 		slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", scan.count)
 		target = moved
 	}
-	return nil, fmt.Errorf("snapshot: PCRs kept moving during %d quotes; measurements arrive faster than a snapshot completes: retry later or raise the attempt limit", s.opts.MaxAttempts)
+	return nil, fmt.Errorf("snapshot: no stable cut after %d attempts because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
 }
 
 // checkReset rejects a quote from a TPM that was reset since the chain's last
@@ -203,4 +207,26 @@ func (s *snapshotter) checkReset(quote *tpm.Quote) error {
 		return fmt.Errorf("snapshot: %w: TPM resetCount is %d, the chain's last shard %s was quoted at %d: start a new chain in an empty directory", ErrResetDetected, info.ResetCount, s.end.File, s.end.ResetCount)
 	}
 	return nil
+}
+
+// replayableBanks returns the allocated banks whose hash this build can
+// compute. Other banks, such as SM3 on some TPMs, are left out of the shard
+// and logged, because no replay could check them.
+func replayableBanks(t *tpm.TPM) ([]pcr.Alg, error) {
+	allocated, err := t.Banks()
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: list PCR banks: %w", err)
+	}
+	var banks []pcr.Alg
+	for _, alg := range allocated {
+		if _, err := alg.New(); err != nil {
+			slog.Warn("leaving a PCR bank out of the shard because its hash is not supported", "bank", alg.String(), "err", err)
+			continue
+		}
+		banks = append(banks, alg)
+	}
+	if len(banks) == 0 {
+		return nil, fmt.Errorf("snapshot: none of the allocated PCR banks %v can be replayed: allocate a sha1, sha256, sha384 or sha512 bank", allocated)
+	}
+	return banks, nil
 }

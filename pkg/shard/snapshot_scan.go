@@ -246,12 +246,13 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 	}
 
 	res := &SnapshotResult{
-		Path:        path,
-		Sequence:    seq,
-		FirstIndex:  s.firstIndex(),
-		Entries:     sp.entries.Count,
-		TailEntries: sp.tail.Count,
-		End:         target,
+		Path:           path,
+		Sequence:       seq,
+		FirstIndex:     s.firstIndex(),
+		Entries:        sp.entries.Count,
+		TailEntries:    sp.tail.Count,
+		End:            target,
+		BootFirstIndex: s.bootFirst,
 	}
 	slog.Info("snapshot written", "path", path, "sequence", seq, "first_index", res.FirstIndex, "entries", res.Entries, "tail", res.TailEntries, "pending", scan.count-res.Entries-res.TailEntries)
 	return res, nil, nil

@@ -702,8 +702,8 @@ func TestSnapshotAcrossKexec(t *testing.T) {
 	if err != nil {
 		t.Fatalf("snapshot after kexec: %v", err)
 	}
-	if res.FirstIndex != 25 || res.Entries != 35 {
-		t.Errorf("shard after kexec: first index %d, %d entries, want 25 and 35", res.FirstIndex, res.Entries)
+	if res.FirstIndex != 25 || res.Entries != 35 || res.BootFirstIndex != 25 {
+		t.Errorf("shard after kexec: first index %d, %d entries, boot first index %d, want 25, 35 and 25", res.FirstIndex, res.Entries, res.BootFirstIndex)
 	}
 
 	report, err := Verify(context.Background(), VerifyOptions{
