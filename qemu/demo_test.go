@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,10 @@ func TestSyscallFileChainVerifies(t *testing.T) {
 	}
 }
 
+// movingLogError matches the refusals of imashard kexec and of the shard
+// snapshot when measurements keep arriving.
+var movingLogError = regexp.MustCompile(`imashard: .*(kept growing|kept moving|kept changing)`)
+
 // A loop that keeps adding entries during the snapshot and the kexec: the
 // next boot verifies, or imashard refuses to kexec. A boot 2 that fails
 // verification would be a silently broken chain.
@@ -140,7 +145,7 @@ func TestBackgroundEntriesNeverBreakChain(t *testing.T) {
 	case len(out.Boots) == 1 && out.KexecFailed == 1:
 		// Either the snapshot could not quote a still state, or entries
 		// arrived between the snapshot and the kexec on every attempt.
-		if !strings.Contains(res.Console, "kept growing after the final snapshot") && !strings.Contains(res.Console, "PCRs kept changing") {
+		if !movingLogError.MatchString(res.Console) {
 			t.Errorf("imashard kexec returned without an error about the moving log")
 		}
 		if st := strings.TrimSpace(vm.Sections(res.Console, "kexec-failed")[0]); st == "0" {
