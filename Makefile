@@ -22,7 +22,7 @@ else
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 endif
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom bench-replay
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom qemu-test-sid qemu-log demo bench-kexec bench-replay bench-verify
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -33,6 +33,7 @@ help:
 	@echo "make kernel KERNEL=custom  build or reuse the Linux 7.2 kernel with IMA_KEXEC and IMA_STAGING"
 	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
 	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
+	@echo "make qemu-log  replay the live list of Debian's 6.1 and 6.12 kernels in QEMU"
 
 deps:
 	./scripts/install-deps.sh
@@ -50,7 +51,7 @@ unit: deps
 fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
-test: deps vet build unit fuzz qemu-test test-custom
+test: deps vet build unit fuzz qemu-test qemu-test-sid qemu-log test-custom
 
 # The path of the extracted image goes to a file so that later targets
 # find it without resolving the version again.
@@ -77,13 +78,41 @@ qemu-test: kernel initramfs
 	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
 		$(GO) test -count=1 -timeout 40m -v ./qemu/...
 
-# Package tests that boot the custom kernel under QEMU with the test
-# binary as /init (pkg/securityfs, pkg/trim).
-test-custom: custom-kernel
+# The demo's three boots again on Debian sid's kernel (7.2 at the time of
+# writing), which has the per-bank measurement lists that 6.1 lacks.
+qemu-test-sid: initramfs
+	$(MAKE) kernel KERNEL_SUITE=sid
+	IMASHARD_KERNEL=$$(cat bin/kernel-sid.path) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
+		$(GO) test -count=1 -timeout 20m -v -run 'TestDemoThreeBoots' ./qemu/
+
+demo: deps kernel build initramfs
+	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
+		$(GO) run ./qemu/demo -imashard $(BIN)
+
+bench-kexec:
+	./scripts/bench-kexec.sh
+
+# Tests that need the custom kernel: package tests with the test binary as
+# /init (pkg/securityfs, pkg/trim) and the trim scenarios of the harness.
+test-custom: custom-kernel initramfs
 	IMASHARD_CUSTOM_KERNEL=$(CURDIR)/$(CUSTOM_KERNEL) $(GO) test -count=1 ./pkg/securityfs/... ./pkg/trim/...
+	IMASHARD_CUSTOM_KERNEL=$(CURDIR)/$(CUSTOM_KERNEL) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
+		$(GO) test -count=1 -timeout 20m -v -run 'TestTrim' ./qemu/
 
 bench-replay:
 	./scripts/bench-replay.sh
 
+# Boots Debian's 6.1 and 6.12 kernels with swtpm and replays the live list
+# in the guest, one VM at a time.
+qemu-log: deps
+	KERNEL_SUITE=bookworm ./scripts/qemu-log/run.sh
+	KERNEL_SUITE=trixie ./scripts/qemu-log/run.sh
+
 clean:
 	rm -rf bin
+
+# Verify time and peak memory on chains of 10,000 and 100,000 entries; not
+# part of `make test`. Pass other sizes with BENCH_SIZES="1000000".
+BENCH_SIZES ?= 10000 100000
+bench-verify:
+	./scripts/bench-verify.sh $(BENCH_SIZES)
