@@ -14,10 +14,17 @@ import (
 // quote. The AK recreated in this TPM is the pinned key, so a shard signed
 // by any other key fails with shard.ErrWrongAK.
 func verifyCarried(ctx context.Context, rep *bootReport, t *tpm.TPM, ak *tpm.AK, dir, logPath string, logOpts imalog.Options) error {
+	// A kernel with CONFIG_IMA_KEXEC carries the list over, and a trimmed
+	// list starts later in the history; liveFirstIndex finds where.
+	first, err := liveFirstIndex(dir, logPath, logOpts)
+	if err != nil {
+		rep.Result = bootFailed
+		return fmt.Errorf("place the live log after the carried shards: %w", err)
+	}
 	r, err := shard.Verify(ctx, shard.VerifyOptions{
 		Dir:      dir,
 		AKPublic: ak.PublicKey,
-		Live:     &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts},
+		Live:     &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts, LiveFirstIndex: first},
 	})
 	if r != nil {
 		rep.Verify = r

@@ -39,21 +39,24 @@ func liveFirstIndex(dir, logPath string, logOpts imalog.Options) (*int64, error)
 	}
 	lastBoot := last.Header.BootID
 	last.Close()
-	bootID, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return nil, fmt.Errorf("read boot ID: %w", err)
 	}
-	// Only the kernel's own list can have been carried or trimmed; a list
-	// saved to a file keeps the shard package's rule.
-	live := strings.HasPrefix(logPath, securityfs.DefaultMountPoint+"/")
-	newBoot := live && strings.TrimSpace(string(bootID)) != lastBoot
-	if !hasState && !newBoot {
-		return nil, nil
-	}
+	bootID := strings.TrimSpace(string(data))
 
 	st, err := trim.LoadState(dir)
 	if err != nil {
 		return nil, err
+	}
+
+	// Only the kernel's own list can have been carried or trimmed; a list
+	// saved to a file keeps the shard package's rule. A boot is new until
+	// the state or a shard records its boot ID.
+	live := strings.HasPrefix(logPath, securityfs.DefaultMountPoint+"/")
+	newBoot := live && bootID != lastBoot && (!hasState || st.BootID != bootID)
+	if !hasState && !newBoot {
+		return nil, nil
 	}
 	if st.Pending != nil {
 		return nil, fmt.Errorf("an interrupted trim is pending in %s: run `imashard snapshot --trim` on a kernel with CONFIG_IMA_STAGING to resolve it", dir)
@@ -72,11 +75,11 @@ func liveFirstIndex(dir, logPath string, logOpts imalog.Options) (*int64, error)
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(logPath)
+	listData, err := os.ReadFile(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", logPath, err)
 	}
-	list, err := trim.SplitWith(logOpts)(data)
+	list, err := trim.SplitWith(logOpts)(listData)
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", logPath, err)
 	}
@@ -84,11 +87,10 @@ func liveFirstIndex(dir, logPath string, logOpts imalog.Options) (*int64, error)
 	if err != nil {
 		return nil, err
 	}
+	next.BootID = bootID
 	slog.Info("placed the live list in the history after a new boot", "how", how, "live_start", next.LiveStart, "dir", dir)
-	if next != st || !hasState {
-		if err := trim.SaveState(dir, next); err != nil {
-			return nil, err
-		}
+	if err := trim.SaveState(dir, next); err != nil {
+		return nil, err
 	}
 	start := next.KernelStart()
 	return &start, nil

@@ -44,7 +44,7 @@ func Reconcile(st *State, covered Covered, list [][]byte) (*State, string, error
 	// continues them.
 	if found, ok := findCarriedStart(covered, list); ok && found != start {
 		slog.Warn("kernel list continues the shards at another history index than the trim state records", "recorded", start, "found", found)
-		next := &State{Version: stateVersion, LiveStart: found}
+		next := &State{Version: stateVersion, LiveStart: found, BootID: st.BootID}
 		return next, Carried, nil
 	}
 	if overlap <= 0 {
@@ -56,7 +56,7 @@ func Reconcile(st *State, covered Covered, list [][]byte) (*State, string, error
 
 	// A fresh list: the previous kernel's entries end where the shards end,
 	// and carried entries of a staged trim are in the shards too.
-	next := &State{Version: stateVersion, LiveStart: covered.End()}
+	next := &State{Version: stateVersion, LiveStart: covered.End(), BootID: st.BootID}
 	if st.Carry > 0 && st.LiveStart+st.Carry > covered.End() {
 		return nil, "", fmt.Errorf("%w: %d carried entries past history index %d", ErrUncovered, st.LiveStart+st.Carry-covered.End(), covered.End())
 	}

@@ -40,6 +40,11 @@ type State struct {
 	CarryFile string `json:"carry_file,omitempty"`
 	Carry     int64  `json:"carry,omitempty"`
 
+	// BootID is the kernel boot ID (/proc/sys/kernel/random/boot_id) in
+	// which LiveStart was last placed after a kexec, so that placement
+	// runs once per boot.
+	BootID string `json:"boot_id,omitempty"`
+
 	// Pending is set from just before a deletion until its result is
 	// recorded.
 	Pending *PendingTrim `json:"pending,omitempty"`
