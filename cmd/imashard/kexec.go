@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/imashard/imashard/pkg/shard"
+	"github.com/imashard/imashard/pkg/trim"
 	"io"
 	"log/slog"
 	"os"
@@ -154,6 +155,27 @@ func readChainDir(dir string) ([]handoff.File, error) {
 			return nil, fmt.Errorf("read shard for the next boot: %w", err)
 		}
 		files = append(files, handoff.File{Path: path.Join(handoff.ShardDir, filepath.Base(c.Path)), Data: data, Mode: 0o644})
+	}
+
+	// The trim state says where a trimmed or carried list starts in the
+	// history; the next kernel needs it when it keeps the list.
+	st, err := trim.LoadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := []string{}
+	if _, err := os.Stat(filepath.Join(dir, trim.StateFile)); err == nil {
+		names = append(names, trim.StateFile)
+	}
+	if st.CarryFile != "" {
+		names = append(names, st.CarryFile)
+	}
+	for _, name := range names {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("read %s for the next boot: %w", name, err)
+		}
+		files = append(files, handoff.File{Path: path.Join(handoff.ShardDir, name), Data: data, Mode: 0o644})
 	}
 	return files, nil
 }
