@@ -50,7 +50,7 @@ func TestTrimRoundsVerifyLive(t *testing.T) {
 	g := needCustomGuest(t)
 	const rounds, perRound = 3, 40
 	script := fmt.Sprintf(`
-mkdir -p /chain /ak
+mkdir -p /run/imashard /ak
 imashard ak export --out /ak > /dev/null
 round=0
 while [ $round -lt %d ]; do
@@ -59,11 +59,11 @@ while [ $round -lt %d ]; do
 	i=0
 	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
 	echo "@@imashard-begin snapshot"
-	imashard snapshot --dir /chain --trim --json
+	imashard snapshot --dir /run/imashard --trim --json
 	echo "@@imashard-end snapshot"
 done
 echo "@@imashard-begin verify"
-imashard verify --live --ak /ak/ak.pem --json /chain
+imashard verify --live --ak /ak/ak.pem --json /run/imashard
 echo "@@imashard-end verify"
 echo "@@imashard-begin count"
 cat /sys/kernel/security/integrity/ima/runtime_measurements_count
@@ -119,5 +119,140 @@ echo "@@imashard-end count"
 		if n, err := strconv.Atoi(strings.TrimSpace(counts[0])); err != nil || n > 30 {
 			t.Errorf("kernel entry count at the end = %q, want a short list", counts[0])
 		}
+	}
+}
+
+// trimKexecScript measures, snapshots with --trim, and kexecs with the
+// given system call in boot 1. Boot 2 (after `imashard boot` in init)
+// measures, snapshots with --trim again and runs verify --live over the
+// whole chain from the first shard. With stage set, boot 1 stages the whole
+// list right before the kexec and leaves it staged, without a final
+// snapshot, so the next kernel receives the staged entries ahead of the
+// current ones.
+func trimKexecScript(syscall string, stage bool) string {
+	kexec := "imashard kexec --syscall " + syscall + " --kernel /carry/vmlinuz --initrd /carry/initramfs.cpio --carry /carry --carry /scenario.sh"
+	if stage {
+		kexec = `echo "@@imashard-begin staged"
+	echo A > /sys/kernel/security/integrity/ima/binary_runtime_measurements_staged
+	echo $?
+	wc -c < /sys/kernel/security/integrity/ima/binary_runtime_measurements_staged
+	echo "@@imashard-end staged"
+	` + kexec + " --skip-snapshot --force"
+	}
+	return `
+boot=1
+if [ -e /carry/boot ]; then boot=$(cat /carry/boot); fi
+echo "@@imashard-begin boot"
+echo $boot
+echo "@@imashard-end boot"
+mkdir -p /w$boot /ak /run/imashard
+imashard ak export --out /ak > /dev/null
+i=0
+while [ $i -lt 30 ]; do i=$((i+1)); echo $boot-$i > /w$boot/f$i; cat /w$boot/f$i > /dev/null; done
+echo "@@imashard-begin snapshot"
+imashard snapshot --dir /run/imashard --trim --json
+echo "@@imashard-end snapshot"
+while [ $i -lt 40 ]; do i=$((i+1)); echo $boot-$i > /w$boot/f$i; cat /w$boot/f$i > /dev/null; done
+if [ $boot -lt 2 ]; then
+	echo 2 > /carry/boot
+	` + kexec + `
+	echo "@@imashard-begin kexec-failed"
+	echo $?
+	echo "@@imashard-end kexec-failed"
+else
+	echo "@@imashard-begin verify"
+	imashard verify --live --ak /ak/ak.pem --json /run/imashard
+	echo "@@imashard-end verify"
+fi
+`
+}
+
+// Trim, kexec, trim again in the new kernel, then verify everything from
+// the first shard: with kexec_file_load the custom kernel carries its list
+// over, with kexec_load it starts an empty one, and with entries left
+// staged at kexec the kernel hands them over ahead of the current list.
+func TestTrimKexecTrimVerify(t *testing.T) {
+	g := needCustomGuest(t)
+	cases := []struct {
+		name    string
+		syscall string
+		stage   bool
+	}{
+		{"file", "file", false},
+		{"load", "load", false},
+		{"staged-at-kexec", "file", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res := runGuest(t, g, t.TempDir(), g.overlay(trimKexecScript(c.syscall, c.stage)), 5*time.Minute)
+
+			boots := vm.Sections(res.Console, "boot")
+			if len(boots) != 2 {
+				t.Logf("console tail:\n%s", tail(res.Console, 80))
+				t.Fatalf("boot sections = %q, want two boots", boots)
+			}
+			if f := vm.Sections(res.Console, "kexec-failed"); len(f) != 0 {
+				t.Fatalf("imashard kexec returned in boot 1: %q", f)
+			}
+			if c.stage {
+				staged := vm.Sections(res.Console, "staged")
+				if len(staged) != 1 || !strings.HasPrefix(strings.TrimSpace(staged[0]), "0") {
+					t.Errorf("staging before kexec: %q, want status 0 and a non-empty staged list", staged)
+				}
+			}
+
+			reports := vm.Sections(res.Console, "boot-report")
+			if len(reports) != 2 {
+				t.Fatalf("%d boot reports, want 2", len(reports))
+			}
+			var second struct {
+				Result string `json:"result"`
+				OK     bool   `json:"ok"`
+				Error  string `json:"error"`
+			}
+			if err := json.Unmarshal([]byte(strings.TrimSpace(reports[1])), &second); err != nil {
+				t.Fatalf("boot 2 report: %v\n%s", err, reports[1])
+			}
+			if !second.OK || second.Result != "verified" {
+				t.Errorf("boot 2: imashard boot result %q ok %v error %q, want verified", second.Result, second.OK, second.Error)
+			}
+
+			snaps := vm.Sections(res.Console, "snapshot")
+			if len(snaps) != 2 {
+				t.Fatalf("%d snapshot sections, want 2", len(snaps))
+			}
+			for i, s := range snaps {
+				var out snapshotOutput
+				if err := json.Unmarshal([]byte(strings.TrimSpace(s)), &out); err != nil {
+					t.Fatalf("boot %d: snapshot output is not JSON: %v\n%s", i+1, err, s)
+				}
+				if out.Trim == nil || out.Trim.Deleted < out.Entries || out.Trim.LiveStart != out.FirstIndex+out.Entries {
+					t.Errorf("boot %d: snapshot %+v trim %+v, want its entries trimmed", i+1, out, out.Trim)
+				}
+			}
+
+			verify := vm.Sections(res.Console, "verify")
+			if len(verify) != 1 {
+				t.Fatalf("%d verify sections, want 1", len(verify))
+			}
+			var report struct {
+				OK     bool `json:"ok"`
+				Shards []struct {
+					FirstIndex int64 `json:"first_index"`
+				} `json:"shards"`
+				Live *struct {
+					OK bool `json:"ok"`
+				} `json:"live"`
+			}
+			if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
+				t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
+			}
+			if !report.OK || report.Live == nil || !report.Live.OK {
+				t.Errorf("verify --live in boot 2: %s", verify[0])
+			}
+			if len(report.Shards) < 2 || report.Shards[0].FirstIndex != 0 {
+				t.Errorf("verify covered shards %+v, want the chain from history index 0", report.Shards)
+			}
+		})
 	}
 }

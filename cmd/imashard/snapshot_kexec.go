@@ -21,12 +21,18 @@ func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.O
 			return nil, 0, fmt.Errorf("create chain directory: %w", err)
 		}
 
+		// After a trim the list starts later in the history.
+		first, err := liveFirstIndex(dir, logPath, logOpts)
+		if err != nil {
+			return nil, 0, err
+		}
 		t, ak, closeTPM, err := akf.open()
 		if err != nil {
 			return nil, 0, err
 		}
 		res, err := shard.Snapshot(ctx, shard.SnapshotOptions{
 			Dir: dir, LogPath: logPath, LogOptions: logOpts, TPM: t, AK: ak, Tail: true,
+			LiveFirstIndex: first,
 		})
 		closeTPM()
 		if err != nil {
