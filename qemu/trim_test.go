@@ -168,9 +168,9 @@ fi
 }
 
 // Trim, kexec, trim again in the new kernel, then verify everything from
-// the first shard: with kexec_file_load the custom kernel carries its list
-// over, with kexec_load it starts an empty one, and with entries left
-// staged at kexec the kernel hands them over ahead of the current list.
+// the first shard. With kexec_file_load the custom kernel carries its list
+// over, and with kexec_load it starts an empty one. Entries left staged at
+// kexec arrive ahead of the current list.
 func TestTrimKexecTrimVerify(t *testing.T) {
 	g := needCustomGuest(t)
 	cases := []struct {

@@ -83,12 +83,12 @@ func liveFirstIndex(dir, logPath string, logOpts imalog.Options) (*int64, error)
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", logPath, err)
 	}
-	next, how, err := trim.Reconcile(st, covered, list)
+	next, outcome, err := trim.Reconcile(st, covered, list)
 	if err != nil {
 		return nil, err
 	}
 	next.BootID = bootID
-	slog.Info("placed the live list in the history after a new boot", "how", how, "live_start", next.LiveStart, "dir", dir)
+	slog.Info("placed the live list in the history after a new boot", "outcome", outcome, "live_start", next.LiveStart, "dir", dir)
 	if err := trim.SaveState(dir, next); err != nil {
 		return nil, err
 	}
