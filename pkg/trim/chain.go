@@ -32,6 +32,7 @@ func CoveredFromChain(dir string, from int64) (Covered, pcr.Alg, error) {
 			return Covered{}, 0, fmt.Errorf("%w: shard %s starts at history index %d, the previous one ends at %d; run imashard verify", ErrGap, cf.Path, h.FirstIndex, next)
 		}
 		next = h.EndIndex()
+		covered.ChainEnd = next
 		if i == len(files)-1 {
 			next = h.FirstIndex + h.Entries.Count
 		}

@@ -55,10 +55,12 @@ func Reconcile(st *State, covered Covered, list [][]byte) (*State, string, error
 	}
 
 	// A fresh list: the previous kernel's entries end where the shards end,
-	// and carried entries of a staged trim are in the shards too.
-	next := &State{Version: stateVersion, LiveStart: covered.End(), BootID: st.BootID}
-	if st.Carry > 0 && st.LiveStart+st.Carry > covered.End() {
-		return nil, "", fmt.Errorf("%w: %d carried entries past history index %d", ErrUncovered, st.LiveStart+st.Carry-covered.End(), covered.End())
+	// the last tail included, and carried entries of a staged trim are in
+	// the shards too.
+	end := covered.chainEnd()
+	next := &State{Version: stateVersion, LiveStart: end, BootID: st.BootID}
+	if st.Carry > 0 && st.LiveStart+st.Carry > end {
+		return nil, "", fmt.Errorf("%w: %d carried entries past history index %d", ErrUncovered, st.LiveStart+st.Carry-end, end)
 	}
 	slog.Info("kernel list starts afresh after kexec", "previous_kernel_start", start, "history_index", next.LiveStart)
 	return next, Fresh, nil

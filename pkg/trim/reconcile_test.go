@@ -17,6 +17,15 @@ func TestReconcile(t *testing.T) {
 			t.Fatalf("Reconcile = %+v, %q, %v; want carried from 2", next, how, err)
 		}
 	})
+	t.Run("fresh list after a tail", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 2}
+		withTail := covered
+		withTail.ChainEnd = 5 // the last shard's tail holds "d"
+		next, how, err := Reconcile(st, withTail, entries("boot_aggregate", "e"))
+		if err != nil || how != Fresh || next.LiveStart != 5 {
+			t.Fatalf("Reconcile = %+v, %q, %v; want fresh at 5", next, how, err)
+		}
+	})
 	t.Run("fresh list", func(t *testing.T) {
 		st := &State{Version: stateVersion, LiveStart: 2}
 		next, how, err := Reconcile(st, covered, entries("boot_aggregate", "e"))

@@ -35,6 +35,18 @@ var crashPoint = func(step string) {}
 type Covered struct {
 	Start int64    // history index of Raw[0]
 	Raw   [][]byte // raw entries, encoded as in the binary list of Options.Alg
+
+	// ChainEnd is the history index right after the chain, the last
+	// shard's tail included. Zero means End().
+	ChainEnd int64
+}
+
+// chainEnd returns ChainEnd, or End() when it is not set.
+func (c Covered) chainEnd() int64 {
+	if c.ChainEnd > c.End() {
+		return c.ChainEnd
+	}
+	return c.End()
 }
 
 // End returns the history index one past the last covered entry.
