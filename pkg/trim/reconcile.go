@@ -34,6 +34,10 @@ func Reconcile(st *State, covered Covered, list [][]byte) (*State, string, error
 		return nil, "", fmt.Errorf("%w: the shards start at history index %d, after the kernel list's start %d", ErrGap, covered.Start, start)
 	}
 
+	if covered.chainEnd() < st.LiveStart {
+		return nil, "", fmt.Errorf("%w: the shards end at history index %d but the live part starts at %d", ErrUncovered, covered.chainEnd(), st.LiveStart)
+	}
+
 	overlap := covered.End() - start
 	if overlap > 0 && int64(len(list)) >= overlap && matchesCovered(list, start, overlap, covered) {
 		slog.Info("kernel list carried over from the previous kernel", "kernel_start", start, "overlap", overlap)
@@ -46,6 +50,12 @@ func Reconcile(st *State, covered Covered, list [][]byte) (*State, string, error
 		slog.Warn("kernel list continues the shards at another history index than the trim state records", "recorded", start, "found", found)
 		next := &State{Version: stateVersion, LiveStart: found, BootID: st.BootID}
 		return next, Carried, nil
+	}
+	if overlap <= 0 && covered.chainEnd() <= start {
+		// Nothing past the recorded start is in a shard, and no tail
+		// either: a carried list and a fresh one both start at start.
+		slog.Info("kernel list starts where the shards end", "kernel_start", start)
+		return st, Carried, nil
 	}
 	if overlap <= 0 {
 		// TODO: with no shard entry past the kernel start, a carried list

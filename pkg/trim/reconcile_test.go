@@ -51,16 +51,36 @@ func TestReconcile(t *testing.T) {
 			t.Fatalf("Reconcile = %+v, %q, %v; want carried from 2", next, how, err)
 		}
 	})
-	t.Run("nothing covered", func(t *testing.T) {
+	t.Run("everything trimmed", func(t *testing.T) {
+		// The shards end at 4 with no tail and the list starts there, so
+		// carried or fresh, the list starts at 4.
 		st := &State{Version: stateVersion, LiveStart: 4}
-		_, _, err := Reconcile(st, covered, entries("d"))
+		next, _, err := Reconcile(st, covered, entries("d", "boot_aggregate"))
+		if err != nil || next.KernelStart() != 4 {
+			t.Fatalf("Reconcile = %+v, %v; want the list at 4", next, err)
+		}
+	})
+	t.Run("tail not covered", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 4}
+		withTail := covered
+		withTail.ChainEnd = 6
+		_, _, err := Reconcile(st, withTail, entries("d"))
 		if !errors.Is(err, ErrUncovered) {
 			t.Fatalf("err = %v, want ErrUncovered", err)
 		}
 	})
-	t.Run("carry not in shards", func(t *testing.T) {
+	t.Run("carry after the shards", func(t *testing.T) {
+		// Carried entries 3 and 4 are in the carry file; the shards end at
+		// 4 and the kernel list starts at 5: nothing is lost.
 		st := &State{Version: stateVersion, LiveStart: 3, Carry: 2, CarryFile: "carry-3.bin"}
-		_, _, err := Reconcile(st, Covered{Start: 0, Raw: history[:4]}, entries("boot_aggregate"))
+		next, _, err := Reconcile(st, Covered{Start: 0, Raw: history[:4], ChainEnd: 4}, entries("boot_aggregate"))
+		if err != nil || next.KernelStart() != 5 {
+			t.Fatalf("Reconcile = %+v, %v; want the kernel list at 5", next, err)
+		}
+	})
+	t.Run("shards end before the live part", func(t *testing.T) {
+		st := &State{Version: stateVersion, LiveStart: 6}
+		_, _, err := Reconcile(st, Covered{Start: 6, ChainEnd: 4}, entries("x"))
 		if !errors.Is(err, ErrUncovered) {
 			t.Fatalf("err = %v, want ErrUncovered", err)
 		}

@@ -43,7 +43,7 @@ type Covered struct {
 
 // chainEnd returns ChainEnd, or End() when it is not set.
 func (c Covered) chainEnd() int64 {
-	if c.ChainEnd > c.End() {
+	if c.ChainEnd != 0 {
 		return c.ChainEnd
 	}
 	return c.End()
