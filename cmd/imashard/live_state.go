@@ -23,8 +23,8 @@ import (
 // After a trim the trim state records the index. After a kexec the list is
 // matched against the shards (trim.Reconcile): a carried list
 // (CONFIG_IMA_KEXEC with kexec_file_load) continues where it started
-// before, a fresh one starts after the shards. The result is recorded in
-// the trim state, so the next run reads it directly.
+// before, a fresh one starts after the shards. An existing trim state
+// records the result, so the next run reads it directly.
 func liveFirstIndex(dir, logPath string, logOpts imalog.Options) (*int64, error) {
 	_, statErr := os.Stat(filepath.Join(dir, trim.StateFile))
 	hasState := statErr == nil
@@ -89,8 +89,14 @@ func liveFirstIndex(dir, logPath string, logOpts imalog.Options) (*int64, error)
 	}
 	next.BootID = bootID
 	slog.Info("placed the live list in the history after a new boot", "outcome", outcome, "live_start", next.LiveStart, "dir", dir)
-	if err := trim.SaveState(dir, next); err != nil {
-		return nil, err
+
+	// Without a state file the first shard of this boot records the
+	// placement in its header, so only an existing state is updated. That
+	// keeps chains that were never trimmed free of extra files.
+	if hasState {
+		if err := trim.SaveState(dir, next); err != nil {
+			return nil, err
+		}
 	}
 	start := next.KernelStart()
 	return &start, nil
