@@ -190,7 +190,7 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 		slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", scan.count)
 		target = moved
 	}
-	return nil, fmt.Errorf("snapshot: no stable cut after %d attempts because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
+	return nil, fmt.Errorf("snapshot: the IMA log kept moving: no stable cut after %d attempts, because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
 }
 
 // checkReset rejects a quote from a TPM that was reset since the chain's last
