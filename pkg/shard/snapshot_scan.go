@@ -123,16 +123,17 @@ func mergeIndexes(a, b []int) []int {
 	return slices.Compact(out)
 }
 
-// spool copies the entry and tail sections of the new shard from the live
-// list into a temporary file in the chain directory, hashing and counting
-// them on the way. Leftover spool files are removed like other temporary
-// shard files.
+// spool is a temporary file in the chain directory that holds the new
+// shard's entry and tail sections. A leftover spool file is removed like
+// other temporary shard files.
 type spool struct {
 	file    *os.File
 	entries Section
 	tail    Section
 }
 
+// spool copies the entry and tail sections of the new shard from the live
+// list into a spool file, hashing and counting them on the way.
 func (s *snapshotter) spool(scan *liveScan) (*spool, error) {
 	tailEnd := scan.cutOffset
 	if s.opts.Tail {
@@ -207,8 +208,9 @@ func (sp *spool) remove() {
 }
 
 // quoteAndWrite builds the header for the cut in scan, quotes it and writes
-// the shard. When the quoted values differ from target it writes nothing and
-// returns them as moved, so the caller cuts again.
+// the shard. When the quote covers other values than target, because the
+// PCRs moved, it writes nothing and returns the PCRs read again as moved, so
+// the caller cuts again.
 func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes []int) (*SnapshotResult, pcr.Values, error) {
 	sp, err := s.spool(scan)
 	if err != nil {
