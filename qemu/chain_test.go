@@ -13,6 +13,7 @@ type bootReport struct {
 	Result  string   `json:"result"`
 	OK      bool     `json:"ok"`
 	Error   string   `json:"error"`
+	Kind    string   `json:"error_kind"`
 	Carried []string `json:"carried_shards"`
 	Replay  *struct {
 		Entries int64 `json:"entries"`

@@ -18,8 +18,6 @@ import (
 	"github.com/imashard/imashard/pkg/tpm"
 )
 
-const imaBinaryLogPath = "/sys/kernel/security/ima/binary_runtime_measurements"
-
 // Outcomes of imashard boot, in the "result" field of its JSON report.
 const (
 	bootVerified       = "verified"        // carried chain and live log verified
@@ -29,13 +27,16 @@ const (
 )
 
 type bootReport struct {
-	Result  string         `json:"result"`
-	OK      bool           `json:"ok"`
-	Error   string         `json:"error,omitempty"`
-	Carried []string       `json:"carried_shards"`
-	Dir     string         `json:"dir"`
-	Verify  any            `json:"verify,omitempty"`
-	Replay  *coldBootCheck `json:"replay_from_zero,omitempty"`
+	Result string `json:"result"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+	// ErrorKind names the chain rule that failed, such as "replay-mismatch"
+	// or "bad-signature"; empty when verification passed.
+	ErrorKind string         `json:"error_kind,omitempty"`
+	Carried   []string       `json:"carried_shards"`
+	Dir       string         `json:"dir"`
+	Verify    any            `json:"verify,omitempty"`
+	Replay    *coldBootCheck `json:"replay_from_zero,omitempty"`
 }
 
 type coldBootCheck struct {
@@ -61,16 +62,20 @@ func runBoot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("boot", "boot [flags]", stderr)
 	from := fs.String("from", "/"+handoff.ShardDir, "`directory` where the previous kernel left the carried shards")
 	dir := fs.String("dir", "/run/imashard", "chain `directory` that keeps the shards for the next snapshot and for export")
-	tpmSpec := fs.String("tpm", "", "TPM: /dev/tpmrm0 (default), /dev/tpm0, unix:PATH or tcp:HOST:PORT")
-	logPath := fs.String("log", imaBinaryLogPath, "IMA binary log `file` of this boot")
-	akAlg := fs.String("ak-alg", "ecc", "AK algorithm: ecc or rsa; must match the one the shards were made with")
+	akf := addTPMAKFlags(fs)
+	logf := addLogFlags(fs)
 	jsonOut := fs.Bool("json", false, "print the full report as JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 
+	logPath, logOpts, err := logf.options()
+	if err != nil {
+		return err
+	}
+
 	rep := &bootReport{Dir: *dir}
-	err := boot(context.Background(), rep, *from, *dir, *tpmSpec, *logPath, *akAlg)
+	err = boot(context.Background(), rep, *from, *dir, akf, logPath, logOpts)
 	if err != nil {
 		rep.OK = false
 		rep.Error = err.Error()
@@ -95,7 +100,7 @@ func runBoot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return err
 }
 
-func boot(ctx context.Context, rep *bootReport, from, dir, tpmSpec, logPath, akAlg string) error {
+func boot(ctx context.Context, rep *bootReport, from, dir string, akf *tpmAKFlags, logPath string, logOpts imalog.Options) error {
 	carried, err := handoff.Keep(from, dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -105,35 +110,27 @@ func boot(ctx context.Context, rep *bootReport, from, dir, tpmSpec, logPath, akA
 	}
 	rep.Carried = carried
 
-	return retryTPM("verify", func() error {
-		rep.Verify, rep.Replay, rep.Result = nil, nil, ""
-		return verifyWithTPM(ctx, rep, carried, dir, tpmSpec, logPath, akAlg)
-	})
+	return verifyWithTPM(ctx, rep, carried, dir, akf, logPath, logOpts)
 }
 
-func verifyWithTPM(ctx context.Context, rep *bootReport, carried []string, dir, tpmSpec, logPath, akAlg string) error {
-	t, err := tpm.Open(tpmSpec)
+func verifyWithTPM(ctx context.Context, rep *bootReport, carried []string, dir string, akf *tpmAKFlags, logPath string, logOpts imalog.Options) error {
+	t, ak, closeTPM, err := akf.open()
 	if err != nil {
 		return err
 	}
-	defer t.Close()
-	ak, err := t.LoadAK(tpm.AKOptions{Alg: akAlg})
-	if err != nil {
-		return err
-	}
-	defer t.FlushAK(ak)
+	defer closeTPM()
 
 	if len(carried) == 0 {
-		return checkColdBoot(rep, t, logPath)
+		return checkColdBoot(rep, t, logPath, logOpts)
 	}
 
-	return verifyCarried(ctx, rep, t, ak, dir, logPath)
+	return verifyCarried(ctx, rep, t, ak, dir, logPath, logOpts)
 }
 
 // checkColdBoot replays the live log from all-zero PCRs and compares every
 // prefix with PCR 10 read before the log: the log may grow after the read,
 // so a prefix, not the whole log, must match.
-func checkColdBoot(rep *bootReport, t *tpm.TPM, logPath string) error {
+func checkColdBoot(rep *bootReport, t *tpm.TPM, logPath string, logOpts imalog.Options) error {
 	banks, err := t.Banks()
 	if err != nil {
 		return err
@@ -154,7 +151,7 @@ func checkColdBoot(rep *bootReport, t *tpm.TPM, logPath string) error {
 	}
 	check := &coldBootCheck{PCRs: hexValues(target)}
 	rep.Replay = check
-	prefix, err := replay.FindPrefix(imalog.NewReader(f, imalog.Options{AllowTruncated: true}), rp, target)
+	prefix, err := replay.FindPrefix(imalog.NewReader(f, withTruncated(logOpts)), rp, target)
 	switch {
 	case err == nil:
 		check.Matched, check.Entries = true, prefix.Entries
@@ -184,4 +181,11 @@ func printBootSummary(w io.Writer, rep *bootReport) {
 	default:
 		fmt.Fprintf(w, "imashard boot: VERIFICATION FAILED: %s\nimashard boot: every shard is kept in %s and %s\n", rep.Error, rep.Dir, "/"+handoff.ShardDir)
 	}
+}
+
+// withTruncated allows a partial last entry, which a live list that grows
+// while it is read can end with.
+func withTruncated(opts imalog.Options) imalog.Options {
+	opts.AllowTruncated = true
+	return opts
 }

@@ -2,16 +2,65 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/imashard/imashard/pkg/imalog"
+	"github.com/imashard/imashard/pkg/shard"
 	"github.com/imashard/imashard/pkg/tpm"
 )
 
 // verifyCarried verifies the chain in dir and the live log against a fresh
-// quote.
-//
-// TODO: call shard.Verify with Live once pkg/shard is on main.
-func verifyCarried(ctx context.Context, rep *bootReport, t *tpm.TPM, ak *tpm.AK, dir, logPath string) error {
-	rep.Result = bootFailed
-	return fmt.Errorf("verify the carried shards in %s: this imashard is built without the shard package", dir)
+// quote. The AK recreated in this TPM is the pinned key, so a shard signed
+// by any other key fails with shard.ErrWrongAK.
+func verifyCarried(ctx context.Context, rep *bootReport, t *tpm.TPM, ak *tpm.AK, dir, logPath string, logOpts imalog.Options) error {
+	r, err := shard.Verify(ctx, shard.VerifyOptions{
+		Dir:      dir,
+		AKPublic: ak.PublicKey,
+		Live:     &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts},
+	})
+	if r != nil {
+		rep.Verify = r
+	}
+	if err != nil {
+		rep.Result = bootFailed
+		rep.ErrorKind = verifyErrorKind(err)
+		return fmt.Errorf("verify %d carried shards and the live log: %w", len(rep.Carried), err)
+	}
+	rep.OK = r != nil && r.OK
+	rep.Result = bootVerified
+	if !rep.OK {
+		rep.Result = bootFailed
+	}
+	return nil
+}
+
+// verifyErrorKinds name the shard verification failures for programs that
+// read the JSON report.
+var verifyErrorKinds = []struct {
+	kind string
+	err  error
+}{
+	{"bad-signature", shard.ErrBadSignature},
+	{"wrong-ak", shard.ErrWrongAK},
+	{"header-mismatch", shard.ErrHeaderMismatch},
+	{"replay-mismatch", shard.ErrReplayMismatch},
+	{"gap", shard.ErrGap},
+	{"duplicate", shard.ErrDuplicate},
+	{"reorder", shard.ErrReorder},
+	{"missing-shard", shard.ErrMissingShard},
+	{"reset-detected", shard.ErrResetDetected},
+	{"truncated", shard.ErrTruncated},
+	{"unknown-version", shard.ErrUnknownVersion},
+	{"no-prefix-match", shard.ErrNoPrefixMatch},
+	{"malformed", shard.ErrMalformed},
+}
+
+func verifyErrorKind(err error) string {
+	for _, k := range verifyErrorKinds {
+		if errors.Is(err, k.err) {
+			return k.kind
+		}
+	}
+	return "other"
 }

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"path"
+	"path/filepath"
+
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/imashard/imashard/pkg/shard"
 	"io"
 	"log/slog"
 	"os"
@@ -33,8 +37,8 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.Var(&carry, "carry", "absolute `path` of a file or directory to carry to the next boot at the same path; repeatable")
 	dir := fs.String("dir", "/run/imashard", "chain `directory`: the final shard is written here and every shard in it is carried")
 	sysName := fs.String("syscall", "load", "kexec system call: load (kexec_load, measures nothing) or file (kexec_file_load, for locked-down kernels)")
-	tpmSpec := fs.String("tpm", "", "TPM to quote with: /dev/tpmrm0 (default), /dev/tpm0, unix:PATH or tcp:HOST:PORT")
-	logPath := fs.String("log", "", "IMA binary log `file` (default: the live securityfs list)")
+	akf := addTPMAKFlags(fs)
+	logf := addLogFlags(fs)
 	countPath := fs.String("count", imaCountPath, "IMA entry count `file`, re-read right before kexec")
 	attempts := fs.Int("attempts", 3, "maximum `number` of snapshots when entries keep arriving before kexec")
 	dryRun := fs.Bool("dry-run", false, "run every step except loading and rebooting; needs --output-initrd")
@@ -58,6 +62,10 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	sc, err := handoff.ParseSyscall(*sysName)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	logPath, logOpts, err := logf.options()
+	if err != nil {
+		return err
 	}
 
 	// Every open below is measured on a system with an IMA policy, so all
@@ -104,7 +112,7 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return files, n, err
 		}
 	} else {
-		plan.Snapshot = finalSnapshot(*dir, *tpmSpec, *logPath)
+		plan.Snapshot = finalSnapshot(*dir, akf, logPath, logOpts)
 	}
 
 	res, err := handoff.Run(context.Background(), plan)
@@ -129,12 +137,25 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// readChainDir reads the shard files of the chain directory for the next
+// boot. Other files there, such as the snapshot lock, stay behind.
 func readChainDir(dir string) ([]handoff.File, error) {
-	files, err := handoff.ReadDir(dir, handoff.ShardDir)
+	chain, err := shard.ListChain(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	return files, err
+	if err != nil {
+		return nil, err
+	}
+	files := make([]handoff.File, 0, len(chain))
+	for _, c := range chain {
+		data, err := os.ReadFile(c.Path)
+		if err != nil {
+			return nil, fmt.Errorf("read shard for the next boot: %w", err)
+		}
+		files = append(files, handoff.File{Path: path.Join(handoff.ShardDir, filepath.Base(c.Path)), Data: data, Mode: 0o644})
+	}
+	return files, nil
 }
 
 func kexecCmdline(cmdline, extra string) (string, error) {

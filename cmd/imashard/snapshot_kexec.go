@@ -3,16 +3,50 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/imashard/imashard/pkg/handoff"
+	"github.com/imashard/imashard/pkg/imalog"
+	"github.com/imashard/imashard/pkg/shard"
 )
 
-// finalSnapshot returns the snapshot step of imashard kexec.
-//
-// TODO: call shard.Snapshot with Tail set once pkg/shard is on main; until
-// then only --skip-snapshot --force can hand over.
-func finalSnapshot(dir, tpmSpec, logPath string) handoff.Snapshot {
+// finalSnapshot returns the snapshot step of imashard kexec: a shard that
+// ends at a fresh quote, with the entries past the quoted state as its tail,
+// and every shard of the chain as files for the next boot. The count it
+// returns is in this boot's live list, comparable with
+// runtime_measurements_count.
+func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.Options) handoff.Snapshot {
 	return func(ctx context.Context) ([]handoff.File, int64, error) {
-		return nil, 0, fmt.Errorf("final snapshot into %s: the shard package is not built into this imashard yet; use --skip-snapshot --force", dir)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, 0, fmt.Errorf("create chain directory: %w", err)
+		}
+
+		t, ak, closeTPM, err := akf.open()
+		if err != nil {
+			return nil, 0, err
+		}
+		res, err := shard.Snapshot(ctx, shard.SnapshotOptions{
+			Dir: dir, LogPath: logPath, LogOptions: logOpts, TPM: t, AK: ak, Tail: true,
+		})
+		closeTPM()
+		if err != nil {
+			return nil, 0, err
+		}
+
+		// The shard's indexes count from the last TPM reset; the kernel's
+		// count starts at this boot's first entry.
+		f, err := shard.Open(res.Path)
+		if err != nil {
+			return nil, 0, err
+		}
+		bootFirst := f.Header.BootFirstIndex
+		f.Close()
+		covered := res.FirstIndex + res.Entries + res.TailEntries - bootFirst
+
+		files, err := readChainDir(dir)
+		if err != nil {
+			return nil, 0, err
+		}
+		return files, covered, nil
 	}
 }

@@ -21,9 +21,9 @@ type Chain struct {
 	// PlainKexec hands over with u-root's kexec command, without imashard
 	// and without shards, from boot 1 to boot 2.
 	PlainKexec bool
-	// TamperOffset, when positive, makes boot 1 hand over its shard with
-	// the byte at this offset from the end of the file changed.
-	TamperOffset int
+	// Tamper makes boot 1 hand over its shard with the byte in the middle
+	// of the file changed.
+	Tamper bool
 	// Background runs a loop in every boot that keeps adding IMA entries
 	// (writing and reading new files) during the snapshot and the kexec.
 	Background bool
@@ -54,7 +54,8 @@ mkdir -p /work-$boot
 	if c.Background {
 		b.WriteString(`
 mkdir -p /bg-$boot
-(i=0; while true; do i=$((i+1)); echo $i > /bg-$boot/f$i; cat /bg-$boot/f$i > /dev/null; done) &
+# Bounded, because the shell waits for its background jobs before it exits.
+(i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo $i > /bg-$boot/f$i; cat /bg-$boot/f$i > /dev/null; done) &
 `)
 	}
 	b.WriteString(`
@@ -74,13 +75,13 @@ done
 	rm -rf /run/imashard
 	kexec --reuse-cmdline -i /run/next.img /carry/vmlinuz
 `)
-	case c.TamperOffset > 0:
+	case c.Tamper:
 		// Snapshot without kexec, change one byte of the new shard, then
 		// carry the chain directory as it is.
 		fmt.Fprintf(&b, `	imashard kexec --kernel /carry/vmlinuz --initrd /carry/initramfs.cpio --dry-run --output-initrd /run/next.img %s
 	for f in /run/imashard/*; do
 		size=$(wc -c < $f)
-		off=$((size - %d))
+		off=$((size / 2))
 		old=$(dd if=$f bs=1 skip=$off count=1 status=none)
 		new=A
 		if [ "$old" = "A" ]; then new=B; fi
@@ -89,13 +90,14 @@ done
 		echo "$f $off"
 		echo "@@imashard-end tampered"
 	done
-`, c.KexecArgs, c.TamperOffset)
+`, c.KexecArgs)
 		b.WriteString(kexec[:len(kexec)-1] + " --skip-snapshot --force\n")
 	default:
 		b.WriteString(kexec)
 	}
-	b.WriteString(`	echo "@@imashard-begin kexec-failed"
-	echo $?
+	b.WriteString(`	status=$?
+	echo "@@imashard-begin kexec-failed"
+	echo $status
 	echo "@@imashard-end kexec-failed"
 else
 	for f in /run/imashard/*; do
