@@ -195,13 +195,9 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 
 // checkReset rejects a quote from a TPM that was reset since the chain's last
 // shard: its PCRs started again from zero, so the chain cannot continue.
-func (s *snapshotter) checkReset(quote *tpm.Quote) error {
+func (s *snapshotter) checkReset(info *tpm.QuoteInfo) error {
 	if s.end == nil {
 		return nil
-	}
-	info, err := tpm.ParseQuote(quote)
-	if err != nil {
-		return fmt.Errorf("snapshot: parse own quote: %w", err)
 	}
 	if info.ResetCount != s.end.ResetCount {
 		return fmt.Errorf("snapshot: %w: TPM resetCount is %d, the chain's last shard %s was quoted at %d: start a new chain in an empty directory", ErrResetDetected, info.ResetCount, s.end.File, s.end.ResetCount)
