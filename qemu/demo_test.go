@@ -51,8 +51,8 @@ func verifyOnHost(t *testing.T, stateDir string, shards map[string][]byte) *shar
 	return rep
 }
 
-// The demo: three boots joined by `imashard kexec`; boot 2 verifies one
-// carried shard and boot 3 two, each with its live log, and the host
+// The demo runs three boots joined by `imashard kexec`. Boot 2 verifies one
+// carried shard and boot 3 two, each with its live log. Then the host
 // verifies the two shards offline with the AK it derives itself.
 func TestDemoThreeBoots(t *testing.T) {
 	g := needGuest(t)

@@ -41,9 +41,9 @@ func ParseSyscall(s string) (Syscall, error) {
 var ErrKexecNotSupported = errors.New("kexec not supported by the running kernel")
 
 // Load loads kernel and initrd, both already in memory, as the next kernel.
-// Both travel to the system call in memfds: a memfd is never opened by path,
-// so IMA sees no FILE_CHECK for it, and the caller's snapshot stays the end
-// of the log unless the policy measures kexec_file_load itself.
+// Both travel to the system call in memfds. A memfd is never opened by path,
+// so IMA's FILE_CHECK hook does not run for it, and the caller's snapshot
+// stays the end of the log unless the policy measures kexec_file_load itself.
 func Load(kernel, initrd []byte, cmdline string, sc Syscall) error {
 	kf, err := memfd("imashard-kernel", kernel)
 	if err != nil {

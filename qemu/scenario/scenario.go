@@ -112,7 +112,7 @@ fi
 	return b.String()
 }
 
-// Boot is what one boot printed.
+// Boot is the output of one boot.
 type Boot struct {
 	Number int
 	// Report is the JSON report of `imashard boot --json`.
@@ -121,7 +121,7 @@ type Boot struct {
 	Status int
 }
 
-// Result is what a whole chain printed.
+// Result is the output of a whole chain.
 type Result struct {
 	Boots []Boot
 	// KexecFailed counts boots in which `imashard kexec` returned.

@@ -2,10 +2,10 @@
 // against swtpm, next to the floor of reading the same log with cat and
 // quoting once with tpm2_quote.
 //
-// It writes an ima-ng log of -entries entries, starts swtpm on a loopback
-// TCP port (tpm2-tools reach it through the swtpm TCTI), extends PCR 10 of
-// every bank with each entry's template hash so that log and TPM agree, then
-// times the steps and prints them as a Markdown table.
+// It writes an ima-ng log of -entries entries and starts swtpm on a
+// loopback TCP port, which tpm2-tools reach through the swtpm TCTI. It
+// extends PCR 10 of every bank with each entry's template hash, so log and
+// TPM agree. Then it times the steps and prints them as a Markdown table.
 package main
 
 import (
