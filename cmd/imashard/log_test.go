@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imashard/imashard/pkg/pcr"
 )
 
 const testdata = "../../pkg/imalog/testdata/"
@@ -203,5 +205,40 @@ func TestLogUsageErrors(t *testing.T) {
 	}
 	if _, _, err := runCmd(t, nil, "log", "replay", "--banks", "sm3_256", "-"); err == nil || !strings.Contains(err.Error(), "unsupported") {
 		t.Errorf("sm3_256 replay: %v", err)
+	}
+}
+
+func TestLogReplaySysfsDirectoryUsesPCR10(t *testing.T) {
+	list := testdata + "ibmtss__utils_sha1.log.bin"
+	out, _, err := runCmd(t, nil, "log", "replay", "--json", list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var report replayReport
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		t.Fatal(err)
+	}
+
+	// A TPM directory as the kernel shows it: firmware values in PCR 0.
+	values := pcr.Values{}
+	for _, p := range report.PCRs {
+		alg, _ := pcr.ParseAlg(p.Bank)
+		values.Set(alg, p.PCR, mustDecodeHex(t, p.Value))
+		firmware := bytes.Repeat([]byte{0x5a}, alg.Size())
+		values.Set(alg, 0, firmware)
+	}
+	dir := filepath.Join(t.TempDir(), "tpm0")
+	if err := pcr.WriteSysfs(dir, values); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, stderr, err := runCmd(t, nil, "log", "replay", "--pcrs", dir, list); err != nil {
+		t.Errorf("PCR 10 from a sysfs directory: %v\n%s", err, stderr)
+	}
+	if _, _, err := runCmd(t, nil, "log", "replay", "--pcrs", dir, "--pcr", "0,10", list); !errors.Is(err, errCheckFailed) {
+		t.Errorf("PCR 0 is not in the IMA list and must not match: %v", err)
+	}
+	if _, _, err := runCmd(t, nil, "log", "replay", "--pcrs", dir, "--pcr", "11", list); err == nil || !strings.Contains(err.Error(), "no values for PCR 11") {
+		t.Errorf("missing PCR 11: %v", err)
 	}
 }

@@ -40,7 +40,7 @@ func runPcrs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *format == tpm.FormatEvmctl && len(banks) != 1 {
-		return fmt.Errorf("%w: the evmctl format holds one bank, and %d are selected (%v): add --bank", errUsage, len(banks), banks)
+		return fmt.Errorf("%w: the evmctl format stores one bank, and %d are selected (%v): add --bank", errUsage, len(banks), banks)
 	}
 	slog.Debug("reading PCRs", "tpm", *tpmSpec, "banks", banks, "pcrs", indexes)
 

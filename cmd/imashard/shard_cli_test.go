@@ -122,6 +122,22 @@ func TestSnapshotExportVerifyCommands(t *testing.T) {
 		t.Errorf("report OK=%v shards=%d next=%d live attested=%d, want true 2 120 10", report.OK, len(report.Shards), report.Final.NextIndex, report.Live.Attested)
 	}
 
+	// --trusted-start takes a PCR file: zeros match the chain's first
+	// shard, any other value does not.
+	trusted := filepath.Join(t.TempDir(), "trusted.txt")
+	if err := os.WriteFile(trusted, []byte("PCR-10: 0000000000000000000000000000000000000000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI(t, "verify", "--ak", akPEM, "--trusted-start", "sha1,"+trusted, dir); err != nil {
+		t.Errorf("verify with a zero trusted start: %v", err)
+	}
+	if err := os.WriteFile(trusted, []byte("PCR-10: 1111111111111111111111111111111111111111\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI(t, "verify", "--ak", akPEM, "--trusted-start", "sha1,"+trusted, dir); !errors.Is(err, shard.ErrReplayMismatch) {
+		t.Errorf("verify with a different trusted start: %v, want ErrReplayMismatch", err)
+	}
+
 	// A changed byte in the entry section must fail with exit status 1.
 	path := filepath.Join(dir, shard.FileName(1))
 	data, err := os.ReadFile(path)

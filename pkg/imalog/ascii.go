@@ -308,8 +308,9 @@ func splitColumns(text []byte, ids []string) ([][]byte, error) {
 	for i := len(ids) - 1; i > nameAt; i-- {
 		cut := bytes.LastIndexByte(rest, ' ')
 		if cut < 0 {
-			// The remaining text is the name; the trailing columns are
+			// The remaining text is the name, so the trailing columns are
 			// missing and taken as empty.
+			slog.Debug("ASCII entry has no column for a trailing field; taking it as empty", "field", ids[i])
 			break
 		}
 		columns[i], rest = rest[cut+1:], rest[:cut]

@@ -409,3 +409,32 @@ func TestImaBufDigestIsBufferHash(t *testing.T) {
 		t.Errorf("checked %d ima-buf entries, expected at least 20 in the corpus", checked)
 	}
 }
+
+func TestASCIIBigEndianRebuild(t *testing.T) {
+	entries, _, err := readBinary(t, mustHex(t, b2Hex), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := AppendASCII(nil, entries[0])
+
+	// The ASCII line does not show the byte order: rebuilt little-endian,
+	// the template data no longer hashes to the digest.
+	little, _, err := readASCII(t, line, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := little[0].VerifyTemplateHash(); !errors.Is(err, ErrTemplateHash) {
+		t.Errorf("little-endian rebuild of a big-endian entry verified: %v", err)
+	}
+
+	big, _, err := readASCII(t, line, Options{ByteOrder: BigEndian})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(big[0].TemplateData, entries[0].TemplateData) {
+		t.Errorf("big-endian rebuild %x, want %x", big[0].TemplateData, entries[0].TemplateData)
+	}
+	if _, err := big[0].VerifyTemplateHash(); err != nil {
+		t.Errorf("big-endian rebuild: %v", err)
+	}
+}

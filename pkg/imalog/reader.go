@@ -218,7 +218,7 @@ func (r *Reader) detectByteOrder(header []byte) error {
 	case plausible(binary.BigEndian):
 		r.order, r.byteOrder = binary.BigEndian, BigEndian
 	default:
-		return r.malformed("PCR index %#x and template name length %#x are implausible in either byte order: the input is not a binary IMA list with %d-byte template digests", header[:4], header[nameAt:nameAt+4], r.digestSize)
+		return r.malformed("PCR index %#x and template name length %#x are implausible in either byte order: the input is not a binary IMA list with %d-byte template digests (for a per-bank list, name its algorithm, for example with --bank sha256)", header[:4], header[nameAt:nameAt+4], r.digestSize)
 	}
 	slog.Debug("detected byte order of the measurement list", "byte_order", r.byteOrder.String())
 	return nil

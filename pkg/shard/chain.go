@@ -2,8 +2,10 @@ package shard
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -38,6 +40,7 @@ type chainEnd struct {
 	BootFirst  int64 // history index of the first entry of the live list in BootID
 	ResetCount uint32
 	Clock      uint64
+	Tail       Section // the last shard's tail, which the live list must repeat
 }
 
 func rulesFromNames(names map[pcr.Alg]string) map[pcr.Alg]replay.Rule {
@@ -187,7 +190,21 @@ func readChainEnd(dir string) (*chainEnd, error) {
 		BootFirst:  h.BootFirstIndex,
 		ResetCount: info.ResetCount,
 		Clock:      info.Clock,
+		Tail:       h.Tail,
 	}, nil
+}
+
+// openList opens a measurement list. A missing default list means the
+// kernel has no IMA or securityfs is not mounted, which gets its own error.
+func openList(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err == nil {
+		return f, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) && path == DefaultLogPath {
+		return nil, fmt.Errorf("%w: %s not found: the kernel needs CONFIG_IMA=y (Linux 2.6.30 or later) and securityfs mounted at /sys/kernel/security (mount -t securityfs securityfs /sys/kernel/security), or pass --log FILE", ErrNoMeasurementList, path)
+	}
+	return nil, fmt.Errorf("open measurement list: %w", err)
 }
 
 // readBootID returns the kernel's boot ID, or override when it is set.

@@ -1,8 +1,10 @@
 package shard
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -87,10 +89,19 @@ func crashPoint(step int) {
 	}
 }
 
-// writeShard writes parts to a new shard file in dir: a temporary file,
+// writeShard writes parts to a new shard file in dir, as writeShardFrom does.
+func writeShard(dir string, sequence uint64, parts ...[]byte) (string, error) {
+	readers := make([]io.Reader, len(parts))
+	for i, p := range parts {
+		readers[i] = bytes.NewReader(p)
+	}
+	return writeShardFrom(dir, sequence, readers...)
+}
+
+// writeShardFrom writes parts to a new shard file in dir: a temporary file,
 // fsync, a rename that fails instead of replacing an existing shard, and an
 // fsync of the directory so the new name survives a power loss.
-func writeShard(dir string, sequence uint64, parts ...[]byte) (string, error) {
+func writeShardFrom(dir string, sequence uint64, parts ...io.Reader) (string, error) {
 	final := filepath.Join(dir, FileName(sequence))
 	if _, err := os.Lstat(final); err == nil {
 		return "", fmt.Errorf("%w: %s exists already; shards are never overwritten", ErrDuplicate, final)
@@ -102,6 +113,14 @@ func writeShard(dir string, sequence uint64, parts ...[]byte) (string, error) {
 	}
 	tmpName := tmp.Name()
 	committed := false
+
+	// CreateTemp makes the file 0600. Shards hold no secrets and verifiers
+	// often run as another user.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		os.Remove(tmpName)
+		return "", fmt.Errorf("chmod %s: %w", tmpName, err)
+	}
 	defer func() {
 		if !committed {
 			tmp.Close()
@@ -111,7 +130,7 @@ func writeShard(dir string, sequence uint64, parts ...[]byte) (string, error) {
 	crashPoint(1)
 
 	for i, p := range parts {
-		if _, err := tmp.Write(p); err != nil {
+		if _, err := io.Copy(tmp, p); err != nil {
 			return "", fmt.Errorf("write %s: %w", tmpName, err)
 		}
 		if i == 0 {

@@ -59,6 +59,8 @@ var (
 	ErrNoPrefixMatch  = errors.New("no prefix of the log replays to the quoted PCR values")
 	ErrMalformed      = errors.New("shard file malformed")
 	ErrLocked         = errors.New("chain directory locked by another snapshot")
+	// ErrNoMeasurementList reports a kernel without IMA or without securityfs mounted.
+	ErrNoMeasurementList = errors.New("IMA measurement list not available")
 )
 
 // LogSource describes the measurement list file the entries were read from,

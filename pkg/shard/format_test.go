@@ -370,8 +370,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add(seed[:20])
 	f.Add([]byte("IMASHARD"))
 
+	fuzzDir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p := filepath.Join(t.TempDir(), FileName(0))
+		p := filepath.Join(fuzzDir, FileName(0))
 		if err := os.WriteFile(p, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -408,4 +409,22 @@ func writeTestShardF(f *testing.F, dir string) string {
 		f.Fatal(err)
 	}
 	return path
+}
+
+func TestOpenListReportsMissingIMA(t *testing.T) {
+	if _, err := os.Stat(DefaultLogPath); err == nil {
+		t.Skipf("%s exists on this host", DefaultLogPath)
+	}
+	_, err := openList(DefaultLogPath)
+	if !errors.Is(err, ErrNoMeasurementList) {
+		t.Fatalf("missing securityfs list: %v, want ErrNoMeasurementList", err)
+	}
+	if !bytes.Contains([]byte(err.Error()), []byte("CONFIG_IMA")) {
+		t.Errorf("error does not name the kernel option: %v", err)
+	}
+
+	_, err = openList(filepath.Join(t.TempDir(), "missing"))
+	if err == nil || errors.Is(err, ErrNoMeasurementList) {
+		t.Errorf("missing --log file: %v, want a plain not-found error", err)
+	}
 }

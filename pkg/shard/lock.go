@@ -40,7 +40,7 @@ func lockDir(dir string) (*dirLock, error) {
 	// ended without removing it.
 	if pid := readLockPID(f); pid > 0 {
 		if pid != os.Getpid() && processRunning(pid) {
-			slog.Warn("lock file names a running process that no longer holds the lock; taking over", "path", path, "pid", pid)
+			slog.Warn("taking over lock whose file names a running process that does not hold it", "path", path, "pid", pid)
 		} else {
 			slog.Warn("taking over stale lock of a process that is no longer running", "path", path, "pid", pid)
 		}

@@ -1,20 +1,15 @@
 package shard
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
-	"github.com/imashard/imashard/pkg/replay"
 	"github.com/imashard/imashard/pkg/tpm"
 )
 
@@ -29,7 +24,7 @@ type SnapshotOptions struct {
 	LogOptions imalog.Options
 	TPM        *tpm.TPM
 	AK         *tpm.AK
-	Banks      []pcr.Alg // nil means every allocated bank
+	Banks      []pcr.Alg // nil means every allocated bank whose hash this build computes (not SM3)
 	Tail       bool      // also record entries the log already has past the quoted state
 
 	BootID      string // "" means the kernel's boot ID; tests set it to simulate a new boot
@@ -44,14 +39,10 @@ type SnapshotResult struct {
 	Entries     int64
 	TailEntries int64
 	End         pcr.Values
-}
-
-// liveRead is one pass over the live list from the chain end.
-type liveRead struct {
-	entries []*imalog.Entry // entries from the chain end, in order
-	order   imalog.ByteOrder
-	offset  int64 // byte offset in the live list of entries[0]
-	pcrs    []int // quotable PCR indexes the entries touch
+	// BootFirstIndex is the history index of the first entry of this boot's
+	// list, so FirstIndex+Entries+TailEntries-BootFirstIndex entries of the
+	// live list are in the chain.
+	BootFirstIndex int64
 }
 
 // Snapshot cuts the next shard from the live log and writes it to opts.Dir.
@@ -69,6 +60,11 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = DefaultMaxAttempts
 	}
+	list, err := openList(opts.LogPath)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	list.Close()
 	if info, err := os.Stat(opts.Dir); err != nil || !info.IsDir() {
 		return nil, fmt.Errorf("snapshot: chain directory %q: not a directory (create it first): %v", opts.Dir, err)
 	}
@@ -85,8 +81,8 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 
 	banks := opts.Banks
 	if banks == nil {
-		if banks, err = opts.TPM.Banks(); err != nil {
-			return nil, fmt.Errorf("snapshot: list PCR banks: %w", err)
+		if banks, err = replayableBanks(opts.TPM); err != nil {
+			return nil, err
 		}
 	}
 
@@ -149,14 +145,14 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 			return nil, err
 		}
 
-		live, err := s.readLive()
+		scan, err := s.scanLive(target)
 		if err != nil {
 			return nil, err
 		}
 
 		// A PCR that the new entries touch for the first time starts at
 		// zero and must be part of the quote, so read again with it.
-		if grown := mergeIndexes(indexes, live.pcrs); len(grown) != len(indexes) {
+		if grown := mergeIndexes(indexes, scan.pcrs); len(grown) != len(indexes) {
 			for _, alg := range s.banks {
 				for _, index := range grown {
 					if _, ok := s.start.Get(alg, index); !ok {
@@ -172,169 +168,29 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 			continue
 		}
 
-		cut, rules, err := s.findCut(live, target)
-		if errors.Is(err, ErrNoPrefixMatch) && attempt < s.opts.MaxAttempts {
+		if scan.noMatch != nil && attempt < s.opts.MaxAttempts {
 			// The kernel appends an entry before it extends the PCR, so the
 			// TPM can lag behind the chain's start (the previous tail) for
 			// a moment. Read the PCRs again before giving up.
-			slog.Info("no log prefix matches the PCRs yet, reading them again", "attempt", attempt, "err", err)
+			slog.Info("no log prefix matches the PCRs yet, reading them again", "attempt", attempt, "err", scan.noMatch)
 			time.Sleep(time.Duration(attempt) * 20 * time.Millisecond)
 			if target, err = s.opts.TPM.ReadPCRs(s.banks, indexes); err != nil {
 				return nil, fmt.Errorf("snapshot: read PCRs: %w", err)
 			}
 			continue
 		}
-		if err != nil {
-			return nil, err
+		if scan.noMatch != nil {
+			return nil, scan.noMatch
 		}
 
-		header, sections, err := s.buildHeader(live, cut, rules, target)
-		if err != nil {
-			return nil, err
+		res, moved, err := s.quoteAndWrite(scan, target, indexes)
+		if err != nil || moved == nil {
+			return res, err
 		}
-		nonce := sha256.Sum256(header)
-		quote, quoted, err := s.opts.TPM.QuoteWithValues(s.opts.AK, nonce[:], s.banks, indexes)
-		if err != nil {
-			return nil, fmt.Errorf("snapshot: quote: %w", err)
-		}
-		if !quoted.Equal(target) {
-			slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", len(live.entries))
-			target = quoted
-			continue
-		}
-
-		if err := s.checkReset(quote); err != nil {
-			return nil, err
-		}
-		crashPoint(8)
-		return s.write(header, sections, quote, live, cut, target)
+		slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", scan.count)
+		target = moved
 	}
-	return nil, fmt.Errorf("snapshot: PCRs kept moving during %d quotes; measurements arrive faster than a snapshot completes: retry later or raise the attempt limit", s.opts.MaxAttempts)
-}
-
-// readLive reads the live list and keeps the entries from the chain end on.
-func (s *snapshotter) readLive() (*liveRead, error) {
-	f, err := os.Open(s.opts.LogPath)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: open measurement list: %w", err)
-	}
-	defer f.Close()
-
-	opts := s.opts.LogOptions
-	opts.AllowTruncated = true
-	reader := imalog.NewReader(f, opts)
-	skip := s.firstIndex() - s.bootFirst
-	live := &liveRead{}
-	seen := map[int]bool{}
-
-	for n := int64(0); ; n++ {
-		e, err := reader.Next()
-		if err == io.EOF {
-			if n < skip {
-				return nil, fmt.Errorf("snapshot: %s has %d entries in this boot but the chain in %s ends at entry %d of this boot: the log belongs to another chain or boot", s.opts.LogPath, n, s.opts.Dir, skip)
-			}
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("snapshot: read %s: %w", s.opts.LogPath, err)
-		}
-		if n < skip {
-			continue
-		}
-		if len(live.entries) == 0 {
-			live.offset = e.Offset
-		}
-		live.entries = append(live.entries, e)
-		if index := int(e.PCR); index <= maxQuotedPCR && !seen[index] {
-			seen[index] = true
-			live.pcrs = append(live.pcrs, index)
-		}
-	}
-	live.order = reader.ByteOrder()
-	return live, nil
-}
-
-func mergeIndexes(a, b []int) []int {
-	out := slices.Concat(a, b)
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-// findCut returns the longest prefix of live.entries that replays to target.
-// The longest prefix keeps entries for PCRs above 23, which never change the
-// TPM, in the quoted shard instead of its tail.
-func (s *snapshotter) findCut(live *liveRead, target pcr.Values) (int, map[pcr.Alg]replay.Rule, error) {
-	rp, err := replay.New(s.start, s.banks)
-	if err != nil {
-		return 0, nil, fmt.Errorf("snapshot: %w", err)
-	}
-	cut := -1
-	var rules map[pcr.Alg]replay.Rule
-	if r, ok := rp.Match(target); ok {
-		cut, rules = 0, r
-	}
-	for i, e := range live.entries {
-		if err := rp.Extend(e); err != nil {
-			return 0, nil, fmt.Errorf("snapshot: entry %d at offset %d of %s: %w", s.firstIndex()-s.bootFirst+int64(i), e.Offset, s.opts.LogPath, err)
-		}
-		if r, ok := rp.Match(target); ok {
-			cut, rules = i+1, r
-		}
-	}
-	if cut < 0 {
-		perBank, _ := rp.Candidates()
-		return 0, nil, fmt.Errorf("snapshot: %w: none of the %d entries after history index %d reaches the TPM's PCRs (%v): the log and TPM disagree, or the chain in %s belongs to another TPM or boot",
-			ErrNoPrefixMatch, len(live.entries), s.firstIndex(), target.Diff(perBank), s.opts.Dir)
-	}
-	return cut, rules, nil
-}
-
-type sections struct {
-	entries, tail []byte
-}
-
-func (s *snapshotter) buildHeader(live *liveRead, cut int, rules map[pcr.Alg]replay.Rule, target pcr.Values) ([]byte, sections, error) {
-	var sec sections
-	for _, e := range live.entries[:cut] {
-		sec.entries = append(sec.entries, e.Raw...)
-	}
-	tailCount := 0
-	if s.opts.Tail {
-		tailCount = len(live.entries) - cut
-		for _, e := range live.entries[cut:] {
-			sec.tail = append(sec.tail, e.Raw...)
-		}
-	}
-	entriesSum := sha256.Sum256(sec.entries)
-	tailSum := sha256.Sum256(sec.tail)
-
-	source := sourceFor(s.opts.LogPath, s.opts.LogOptions, live.order)
-	if s.end != nil && s.end.Source != source && s.end.BootID == s.bootID {
-		return nil, sec, fmt.Errorf("snapshot: %s is read as %+v but the chain's last shard %s was read as %+v: use the same --log and format options", s.opts.LogPath, source, s.end.File, s.end.Source)
-	}
-
-	h := &Header{
-		Version:        FormatVersion,
-		FirstIndex:     s.firstIndex(),
-		Entries:        Section{Count: int64(cut), Size: int64(len(sec.entries)), Digest: entriesSum[:]},
-		Tail:           Section{Count: int64(tailCount), Size: int64(len(sec.tail)), Digest: tailSum[:]},
-		Source:         source,
-		Start:          quotedValues(s.start),
-		End:            target.Clone(),
-		Rules:          rulesToNames(rules),
-		AKPublic:       s.opts.AK.Public,
-		BootID:         s.bootID,
-		BootFirstIndex: s.bootFirst,
-	}
-	if s.end != nil {
-		h.Sequence = s.end.Sequence + 1
-		h.Previous = bytes.Clone(s.end.Digest)
-	}
-	data, err := MarshalHeader(h)
-	if err != nil {
-		return nil, sec, fmt.Errorf("snapshot: %w", err)
-	}
-	return data, sec, nil
+	return nil, fmt.Errorf("snapshot: no stable cut after %d attempts because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
 }
 
 // checkReset rejects a quote from a TPM that was reset since the chain's last
@@ -353,30 +209,24 @@ func (s *snapshotter) checkReset(quote *tpm.Quote) error {
 	return nil
 }
 
-func (s *snapshotter) write(header []byte, sec sections, quote *tpm.Quote, live *liveRead, cut int, end pcr.Values) (*SnapshotResult, error) {
-	trailer, err := MarshalTrailer(Trailer{Attest: quote.Attest, Signature: quote.Signature})
+// replayableBanks returns the allocated banks whose hash this build can
+// compute. Other banks, such as SM3 on some TPMs, are left out of the shard
+// and logged, because no replay could check them.
+func replayableBanks(t *tpm.TPM) ([]pcr.Alg, error) {
+	allocated, err := t.Banks()
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
+		return nil, fmt.Errorf("snapshot: list PCR banks: %w", err)
 	}
-	seq := uint64(0)
-	if s.end != nil {
-		seq = s.end.Sequence + 1
+	var banks []pcr.Alg
+	for _, alg := range allocated {
+		if _, err := alg.New(); err != nil {
+			slog.Warn("leaving a PCR bank out of the shard because its hash is not supported", "bank", alg.String(), "err", err)
+			continue
+		}
+		banks = append(banks, alg)
 	}
-	path, err := writeShard(s.opts.Dir, seq, header, sec.entries, sec.tail, trailer)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
+	if len(banks) == 0 {
+		return nil, fmt.Errorf("snapshot: none of the allocated PCR banks %v can be replayed: allocate a sha1, sha256, sha384 or sha512 bank", allocated)
 	}
-
-	res := &SnapshotResult{
-		Path:       path,
-		Sequence:   seq,
-		FirstIndex: s.firstIndex(),
-		Entries:    int64(cut),
-		End:        end,
-	}
-	if s.opts.Tail {
-		res.TailEntries = int64(len(live.entries) - cut)
-	}
-	slog.Info("snapshot written", "path", path, "sequence", seq, "first_index", res.FirstIndex, "entries", res.Entries, "tail", res.TailEntries, "pending", len(live.entries)-cut-int(res.TailEntries))
-	return res, nil
+	return banks, nil
 }

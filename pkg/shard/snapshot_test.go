@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -234,6 +235,28 @@ func TestSnapshotCutsAtQuotedPrefix(t *testing.T) {
 	}
 }
 
+func TestSnapshotRejectsChangedTail(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")[:50]
+	env.measure(entries[:20]...)
+	env.appendLog(entries[20:30]...)
+	if _, err := env.snapshot(true); err != nil {
+		t.Fatal(err)
+	}
+
+	// The live list now holds other entries where the shard's tail was.
+	var data []byte
+	for _, e := range append(slices.Clone(entries[:20]), entries[40:50]...) {
+		data = append(data, e.Raw...)
+	}
+	if err := os.WriteFile(env.logPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.snapshot(false); !errors.Is(err, ErrReplayMismatch) {
+		t.Errorf("snapshot over a list with a different tail: %v, want ErrReplayMismatch", err)
+	}
+}
+
 func TestSnapshotRejectsLogBehindTPM(t *testing.T) {
 	env := newTestEnv(t)
 	entries := readTestEntries(t, "sha1.log.bin")[:5]
@@ -266,7 +289,7 @@ func TestSnapshotWhileMeasuring(t *testing.T) {
 		var pending []*imalog.Entry
 		for i := 0; i <= len(entries); {
 			// The round count changes under the lock, so a snapshot that
-			// sees a new round also sees its extends.
+			// reads a new count finds that round's extends in the TPM.
 			env.mu.Lock()
 			env.extend(pending...)
 			rounds.Add(1)
@@ -609,5 +632,88 @@ func TestSnapshotCrashAnywhere(t *testing.T) {
 	}
 	if report.Final.NextIndex != int64(measured) {
 		t.Errorf("chain covers %d entries, %d were measured", report.Final.NextIndex, measured)
+	}
+}
+
+func TestSnapshotDetectsTPMReset(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "ima-ng-sha1.bin")
+	env.measure(entries...)
+	if _, err := env.snapshot(false); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restarting swtpm on the same state is a TPM reset: PCRs return to
+	// zero and resetCount grows. Extending the same entries again brings
+	// the PCRs back to the chain's end, so only resetCount shows the reset.
+	env.tpm.FlushAK(env.ak)
+	env.tpm.Close()
+	if err := env.inst.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	inst, err := swtpm.Start(env.inst.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Stop() })
+	env.inst = inst
+	if env.tpm, err = tpm.Open(inst.Spec()); err != nil {
+		t.Fatal(err)
+	}
+	if env.ak, err = env.tpm.LoadAK(tpm.AKOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	env.extend(entries...)
+
+	if _, err := env.snapshot(false); !errors.Is(err, ErrResetDetected) {
+		t.Errorf("snapshot after a TPM reset: %v, want ErrResetDetected", err)
+	}
+	if _, err := env.verifyLive(); !errors.Is(err, ErrResetDetected) {
+		t.Errorf("live verify after a TPM reset: %v, want ErrResetDetected", err)
+	}
+	if files, _ := ListChain(env.dir); len(files) != 1 {
+		t.Errorf("chain has %d shards after the rejected snapshot, want 1", len(files))
+	}
+}
+
+// TestSnapshotAcrossKexec follows a kexec into a kernel without
+// CONFIG_IMA_KEXEC: the TPM keeps its PCRs, the new boot has a new boot ID
+// and its list starts empty.
+func TestSnapshotAcrossKexec(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")[:60]
+
+	env.measure(entries[:20]...)
+	env.appendLog(entries[20:25]...)
+	if _, err := env.snapshot(true); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel extends the tail entries before the kexec.
+	env.extend(entries[20:25]...)
+
+	if err := os.WriteFile(env.logPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env.measure(entries[25:60]...)
+
+	res, err := Snapshot(context.Background(), SnapshotOptions{
+		Dir: env.dir, LogPath: env.logPath, TPM: env.tpm, AK: env.ak, BootID: "test-boot-2",
+	})
+	if err != nil {
+		t.Fatalf("snapshot after kexec: %v", err)
+	}
+	if res.FirstIndex != 25 || res.Entries != 35 || res.BootFirstIndex != 25 {
+		t.Errorf("shard after kexec: first index %d, %d entries, boot first index %d, want 25, 35 and 25", res.FirstIndex, res.Entries, res.BootFirstIndex)
+	}
+
+	report, err := Verify(context.Background(), VerifyOptions{
+		Dir: env.dir, AKPublic: env.ak.PublicKey,
+		Live: &LiveOptions{TPM: env.tpm, AK: env.ak, LogPath: env.logPath, BootID: "test-boot-2"},
+	})
+	if err != nil {
+		t.Fatalf("verify after kexec: %v", err)
+	}
+	if report.Final.NextIndex != 60 || report.Live.Attested != 0 {
+		t.Errorf("verified up to %d with %d live entries, want 60 and 0", report.Final.NextIndex, report.Live.Attested)
 	}
 }

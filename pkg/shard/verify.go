@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -236,6 +235,7 @@ func (v *verifier) verifyShard(cf ChainFile) error {
 		BootFirst:  h.BootFirstIndex,
 		ResetCount: info.ResetCount,
 		Clock:      info.Clock,
+		Tail:       h.Tail,
 	}
 	return nil
 }
@@ -497,9 +497,9 @@ func verifyLive(ctx context.Context, opts VerifyOptions, report *Report) error {
 // matchLive replays the live list from the chain end and returns the length
 // of the longest prefix that reaches values, and how many entries it read.
 func matchLive(ctx context.Context, path string, opts imalog.Options, end *chainEnd, bootFirst int64, values pcr.Values) (int64, int64, error) {
-	f, err := os.Open(path)
+	f, err := openList(path)
 	if err != nil {
-		return 0, 0, fmt.Errorf("open measurement list: %w", err)
+		return 0, 0, err
 	}
 	defer f.Close()
 	opts.AllowTruncated = true

@@ -53,6 +53,9 @@ func Start(stateDir string) (*Instance, error) {
 	socket := filepath.Join(stateDir, "tpm.sock")
 	ctrl := filepath.Join(stateDir, "ctrl.sock")
 
+	if dial("unix", socket) == nil {
+		return nil, fmt.Errorf("another process already serves %s: stop it or use another state directory", socket)
+	}
 	// A stale socket from a killed instance would make swtpm fail to bind.
 	for _, path := range []string{socket, ctrl} {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -121,6 +121,7 @@ func (t *TPM) LoadAK(opts AKOptions) (*AK, error) {
 		flushErr := t.flush(rsp.ObjectHandle)
 		return nil, errors.Join(fmt.Errorf("TPM2_CreatePrimary returned an unusable AK: %w", err), flushErr)
 	}
+	t.loaded[ak.handle] = true
 	return ak, nil
 }
 
@@ -188,6 +189,7 @@ func (t *TPM) FlushAK(ak *AK) error {
 		return nil
 	}
 	err := t.flush(ak.handle)
+	delete(t.loaded, ak.handle)
 	ak.handle = 0
 	return err
 }

@@ -31,7 +31,7 @@ func WritePCRs(w io.Writer, values pcr.Values, format string) error {
 	case FormatEvmctl:
 		banks := values.Banks()
 		if len(banks) != 1 {
-			return fmt.Errorf("the evmctl format holds one bank, got %d (%v): select one bank", len(banks), banks)
+			return fmt.Errorf("the evmctl format stores one bank, got %d (%v): select one bank", len(banks), banks)
 		}
 		for _, index := range values.Indexes(banks[0]) {
 			v, _ := values.Get(banks[0], index)
@@ -136,7 +136,7 @@ var ErrMalformedPCRFile = errors.New("malformed tpm2-tools PCR file")
 // same indexes in each) in tpm2-tools' serialized PCR file format.
 func WriteTPM2ToolsPCRs(w io.Writer, banks []pcr.Alg, indexes []int, values pcr.Values) error {
 	if len(banks) > tpm2ToolsMaxBanks {
-		return fmt.Errorf("tpm2-tools PCR file holds at most %d banks, got %d", tpm2ToolsMaxBanks, len(banks))
+		return fmt.Errorf("a tpm2-tools PCR file stores at most %d banks, got %d", tpm2ToolsMaxBanks, len(banks))
 	}
 	sorted := slices.Sorted(slices.Values(indexes))
 	sorted = slices.Compact(sorted)
@@ -151,7 +151,7 @@ func WriteTPM2ToolsPCRs(w io.Writer, banks []pcr.Alg, indexes []int, values pcr.
 			entry[2] = 3
 			for _, index := range sorted {
 				if index < 0 || index >= tpm2ToolsSelectBytes*8 {
-					return fmt.Errorf("tpm2-tools PCR file holds PCRs 0 to 31, got %d", index)
+					return fmt.Errorf("a tpm2-tools PCR file stores PCRs 0 to 31, got %d", index)
 				}
 				entry[3+index/8] |= 1 << (index % 8)
 				if index/8+1 > int(entry[2]) {
@@ -170,7 +170,7 @@ func WriteTPM2ToolsPCRs(w io.Writer, banks []pcr.Alg, indexes []int, values pcr.
 				return fmt.Errorf("%w: %s PCR %d", ErrMissingPCRValue, bank, index)
 			}
 			if len(v) > tpm2ToolsMaxDigestLen {
-				return fmt.Errorf("%s PCR %d has %d bytes, more than the 64 a tpm2-tools PCR file holds", bank, index, len(v))
+				return fmt.Errorf("%s PCR %d has %d bytes, more than the 64 a tpm2-tools PCR file stores", bank, index, len(v))
 			}
 			digests = append(digests, v)
 		}
@@ -178,7 +178,7 @@ func WriteTPM2ToolsPCRs(w io.Writer, banks []pcr.Alg, indexes []int, values pcr.
 
 	lists := (len(digests) + tpm2ToolsDigestsPerL - 1) / tpm2ToolsDigestsPerL
 	if lists > tpm2ToolsMaxLists {
-		return fmt.Errorf("tpm2-tools PCR file holds at most %d PCR values, got %d", tpm2ToolsMaxLists*tpm2ToolsDigestsPerL, len(digests))
+		return fmt.Errorf("a tpm2-tools PCR file stores at most %d PCR values, got %d", tpm2ToolsMaxLists*tpm2ToolsDigestsPerL, len(digests))
 	}
 	buf.Write(le.AppendUint32(nil, uint32(lists)))
 	for l := 0; l < lists; l++ {

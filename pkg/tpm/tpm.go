@@ -7,6 +7,7 @@ package tpm
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -34,13 +35,16 @@ type TPM struct {
 	// flushAll is set when no resource manager sits between imashard and
 	// the TPM, so every transient object must be flushed explicitly.
 	flushAll bool
+	// loaded contains the transient handles of AKs not yet flushed.
+	loaded map[tpm2.TPMHandle]bool
 }
 
 // Open connects to a TPM. spec is "" or "/dev/tpmrm0" for the kernel's
 // resource manager, "/dev/tpm0" for the raw device, "unix:PATH" for a swtpm
 // unix socket, "tcp:HOST:PORT" for the raw command stream over TCP (swtpm
 // --server type=tcp), or "mssim:HOST:PORT" for the Microsoft simulator's
-// protocol.
+// protocol. swtpm serves one connection at a time, so on a socket other
+// clients wait until Close.
 func Open(spec string) (*TPM, error) {
 	raw, hasResourceManager, err := openTransport(spec)
 	if err != nil {
@@ -54,14 +58,25 @@ func Open(spec string) (*TPM, error) {
 		spec:     spec,
 		tpm:      &retryTPM{raw: raw, maxAttempts: 8, firstBackoff: 20 * time.Millisecond},
 		flushAll: !hasResourceManager,
+		loaded:   make(map[tpm2.TPMHandle]bool),
 	}
 	return t, nil
 }
 
-// Close closes the connection. It does not flush objects the caller still
-// holds: call FlushAK first.
+// Close closes the connection. Without a resource manager (/dev/tpm0, swtpm
+// sockets) it first flushes the AKs the caller did not flush, because the
+// TPM would keep them loaded and run out of object slots.
 func (t *TPM) Close() error {
-	return t.tpm.raw.Close()
+	var errs []error
+	if t.flushAll {
+		for handle := range t.loaded {
+			slog.Warn("flushing an AK left loaded at Close", "handle", fmt.Sprintf("%#08x", uint32(handle)))
+			errs = append(errs, t.flush(handle))
+		}
+	}
+	clear(t.loaded)
+	errs = append(errs, t.tpm.raw.Close())
+	return errors.Join(errs...)
 }
 
 // Spec returns the spec the TPM was opened with.

@@ -233,7 +233,7 @@ func TestSwtpmAKSameAfterRestart(t *testing.T) {
 }
 
 // TestSwtpmAKFlushed loads more AKs than swtpm has transient object slots
-// (3). Without the flush, swtpm answers TPM_RC_OBJECT_MEMORY.
+// (3). Without the flush, swtpm returns TPM_RC_OBJECT_MEMORY.
 func TestSwtpmAKFlushed(t *testing.T) {
 	_, tp := startSwtpm(t, "")
 	for i := 0; i < 8; i++ {
@@ -427,4 +427,190 @@ func TestOpenMissingDevice(t *testing.T) {
 	if _, err := Open("bogus"); err == nil {
 		t.Error("spec bogus: no error")
 	}
+}
+
+// TestSwtpmCloseFlushesAKs leaves AKs loaded at Close more often than swtpm
+// has object slots. Close must flush them, or a later LoadAK fails with
+// TPM_RC_OBJECT_MEMORY.
+func TestSwtpmCloseFlushesAKs(t *testing.T) {
+	inst, tp := startSwtpm(t, "")
+	tp.Close()
+
+	for i := 0; i < 5; i++ {
+		tp, err := Open(inst.Spec())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tp.LoadAK(AKOptions{}); err != nil {
+			t.Fatalf("LoadAK after %d unflushed AKs closed: %v", i, err)
+		}
+		if err := tp.Close(); err != nil {
+			t.Fatalf("Close #%d: %v", i, err)
+		}
+	}
+}
+
+// TestSwtpmEndorsementPassword sets a password on the endorsement hierarchy,
+// as an owner may, and expects LoadAK to say so in plain words.
+func TestSwtpmEndorsementPassword(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+	_, err := tpm2.HierarchyChangeAuth{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("secret")},
+	}.Execute(tp.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = tp.LoadAK(AKOptions{})
+	if err == nil {
+		t.Fatal("LoadAK with an endorsement password set: no error")
+	}
+	if !strings.Contains(err.Error(), "authorization failed") || !strings.Contains(err.Error(), "endorsement hierarchy") {
+		t.Errorf("error %q does not explain the authorization failure", err)
+	}
+}
+
+const ccPCRRead = 0x0000017E // TPM_CC_PCR_Read
+
+// extendOnceAfterFirstRead makes the TPM extend PCR 0 in every bank right
+// after the first TPM2_PCR_Read, as an IMA measurement arriving mid-read
+// would.
+func extendOnceAfterFirstRead(t *testing.T, tp *TPM, banks []pcr.Alg) *int {
+	t.Helper()
+	reads := 0
+	tp.tpm.afterSend = func(code uint32) {
+		if code != ccPCRRead {
+			return
+		}
+		reads++
+		if reads != 1 {
+			return
+		}
+		digests := make(map[pcr.Alg][]byte)
+		for _, bank := range banks {
+			digests[bank] = bytes.Repeat([]byte{0xee}, bank.Size())
+		}
+		if err := tp.ExtendPCR(0, digests); err != nil {
+			t.Errorf("extending PCR 0 mid-read: %v", err)
+		}
+	}
+	t.Cleanup(func() { tp.tpm.afterSend = nil })
+	return &reads
+}
+
+func TestSwtpmReadRestartsOnChange(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+	banks, err := tp.Banks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(banks) < 2 {
+		t.Skipf("needs two banks, swtpm has %v", banks)
+	}
+
+	reads := extendOnceAfterFirstRead(t, tp, banks)
+	got, err := tp.ReadPCRs(banks, allPCRs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.tpm.afterSend = nil
+
+	// The first call read PCR 0 of the first bank before the extend. Every
+	// bank must show the extended PCR 0, not a mix of both states.
+	want, err := tp.ReadPCRs(banks, allPCRs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := got.Diff(want); err != nil {
+		t.Errorf("read mixed two PCR states: %v", err)
+	}
+	if *reads <= (24*len(banks)+7)/8 {
+		t.Errorf("%d TPM2_PCR_Read calls: the read did not start over", *reads)
+	}
+}
+
+func TestSwtpmQuoteRetriesOnChange(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+	banks, err := tp.Banks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := tp.LoadAK(AKOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.FlushAK(ak)
+
+	// PCR 0 moves after the first read and before the quote, so the quote
+	// covers values the first read did not see.
+	extendOnceAfterFirstRead(t, tp, banks)
+	nonce := []byte("n")
+	q, values, err := tp.QuoteWithValues(ak, nonce, banks, []int{0, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyQuote(ak.PublicKey, q, nonce, values); err != nil {
+		t.Errorf("QuoteWithValues returned values its quote does not cover: %v", err)
+	}
+}
+
+// TestSwtpmQuoteRSAPSS quotes with a persistent RSA AK whose scheme is
+// RSAPSS, which tpm2_createak can make, and verifies the PSS signature.
+func TestSwtpmQuoteRSAPSS(t *testing.T) {
+	_, tp := startSwtpm(t, "")
+
+	template, err := AKTemplate("rsa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	params, err := template.Parameters.RSADetail()
+	if err != nil {
+		t.Fatal(err)
+	}
+	params.Scheme = tpm2.TPMTRSAScheme{
+		Scheme:  tpm2.TPMAlgRSAPSS,
+		Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSigSchemeRSAPSS{HashAlg: tpm2.TPMAlgSHA256}),
+	}
+	template.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, params)
+	created, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		InPublic:      tpm2.New2B(template),
+	}.Execute(tp.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const handle = 0x81010200
+	_, err = tpm2.EvictControl{
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:     tpm2.NamedHandle{Handle: created.ObjectHandle, Name: created.Name},
+		PersistentHandle: handle,
+	}.Execute(tp.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.flush(created.ObjectHandle); err != nil {
+		t.Fatal(err)
+	}
+
+	ak, err := tp.LoadAK(AKOptions{Handle: handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := []byte("pss")
+	q, values, err := tp.QuoteWithValues(ak, nonce, []pcr.Alg{pcr.SHA256}, []int{0, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := ParseSignature(q.Signature)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sig.SigAlg != algRSAPSS {
+		t.Fatalf("signature algorithm %#04x, want RSAPSS (0x0016)", sig.SigAlg)
+	}
+	if _, err := VerifyQuote(ak.PublicKey, q, nonce, values); err != nil {
+		t.Errorf("VerifyQuote of an RSAPSS quote: %v", err)
+	}
+	checkQuoteFailures(t, ak, q, nonce, values)
 }

@@ -11,24 +11,25 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/tcp"
-	"golang.org/x/sys/unix"
 )
 
 // DefaultDevice is the kernel's TPM device with the in-kernel resource
 // manager, which flushes a client's transient objects when it closes the file.
 const DefaultDevice = "/dev/tpmrm0"
 
-// maxResponseSize bounds a response read from a socket. TPM 2.0 responses fit
-// in TPM_PT_MAX_RESPONSE_SIZE, which is 4096 bytes on swtpm and on the TPMs
-// the Linux driver supports (its buffer is 4096 bytes).
+// maxResponseSize bounds a response read from a device or socket. The Linux
+// TPM driver's buffer is 4096 bytes, and the larger bound leaves room for
+// simulators with bigger buffers.
 const maxResponseSize = 64 << 10
 
 // ioTimeout bounds one command on a socket. RSA-2048 primary key generation
-// is the slowest command imashard sends and takes seconds on a loaded host.
+// is the slowest command imashard sends: 0.1 s on swtpm, and by estimate up
+// to tens of seconds on a slow hardware TPM.
 const ioTimeout = 2 * time.Minute
 
 // rawTPM sends one marshaled command and returns the marshaled response.
@@ -80,7 +81,7 @@ type deviceTPM struct {
 func openDevice(path string) (rawTPM, bool, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, false, fmt.Errorf("%w: %s does not exist: the kernel has no TPM driver loaded (modprobe tpm_tis or tpm_crb), the machine has no TPM, or the kernel lacks CONFIG_TCG_TPM", ErrNoDevice, path)
+		return nil, false, fmt.Errorf("%w: %s does not exist: the kernel has no TPM driver loaded (modprobe tpm_tis or tpm_crb), the machine has no TPM, or the kernel lacks CONFIG_TCG_TPM (/dev/tpmrm0 needs Linux 4.12 or later)", ErrNoDevice, path)
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: %s: %v", ErrNoDevice, path, err)
@@ -89,17 +90,12 @@ func openDevice(path string) (rawTPM, bool, error) {
 		return nil, false, fmt.Errorf("%w: %s is not a device (mode %s): pass a TPM character device such as /dev/tpmrm0, or unix:PATH for a socket", ErrNoDevice, path, fi.Mode())
 	}
 
-	// Open blocking: os.OpenFile puts a pollable character device into
-	// non-blocking mode, and then the TPM driver runs commands
-	// asynchronously and a read before the response is ready returns 0
-	// bytes (io.EOF), after which the next write fails with EBUSY.
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
-	var f *os.File
-	if err == nil {
-		f = os.NewFile(uintptr(fd), path)
-	} else {
-		err = &os.PathError{Op: "open", Path: path, Err: err}
-	}
+	// The file must stay in blocking mode. os.OpenFile registers a character
+	// device with Go's poller and sets O_NONBLOCK. The driver then queues the
+	// command, and a read before it finishes returns 0 bytes. Under QEMU TCG
+	// that showed as an EOF, then EBUSY on the next write. In blocking mode
+	// the driver runs the command during write.
+	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if errors.Is(err, os.ErrPermission) {
 		return nil, false, fmt.Errorf("%w: %s: permission denied: run as root or as a member of the tss group", ErrNoDevice, path)
 	}
@@ -108,6 +104,8 @@ func openDevice(path string) (rawTPM, bool, error) {
 		// resource manager or tpm2-abrmd may hold it.
 		return nil, false, fmt.Errorf("%w: opening %s: %v (if it is busy, use /dev/tpmrm0 or stop tpm2-abrmd)", ErrNoDevice, path, err)
 	}
+
+	f := os.NewFile(uintptr(fd), path)
 
 	hasResourceManager := strings.HasPrefix(fi.Name(), "tpmrm")
 	return &deviceTPM{f: f, buf: make([]byte, maxResponseSize)}, hasResourceManager, nil
@@ -119,7 +117,9 @@ func (d *deviceTPM) Send(cmd []byte) ([]byte, error) {
 	}
 	n, err := d.f.Read(d.buf)
 	if err != nil {
-		return nil, fmt.Errorf("reading response from %s: %w", d.f.Name(), err)
+		// An empty read means the driver failed the command, for example on
+		// a timeout, and the TPM may or may not have run it.
+		return nil, fmt.Errorf("reading response from %s: %w (the kernel TPM driver returned no response; see dmesg)", d.f.Name(), err)
 	}
 	return append([]byte(nil), d.buf[:n]...), nil
 }
@@ -166,7 +166,20 @@ func (s *streamTPM) connect() error {
 }
 
 func (s *streamTPM) dial() error {
-	conn, err := net.DialTimeout(s.network, s.addr, 10*time.Second)
+	// swtpm accepts one connection at a time with a short listen backlog, so
+	// a unix socket returns EAGAIN right after the previous client closed.
+	var conn net.Conn
+	var err error
+	backoff := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		conn, err = net.DialTimeout(s.network, s.addr, 10*time.Second)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || attempt == 10 {
+			break
+		}
+		slog.Debug("TPM socket busy, retrying connect", "addr", s.addr, "attempt", attempt)
+		time.Sleep(backoff)
+		backoff *= 2
+	}
 	if err != nil {
 		return fmt.Errorf("%w: connecting to the TPM at %s:%s: %v (is swtpm running with --server on this address?)", ErrNoDevice, s.network, s.addr, err)
 	}
@@ -243,14 +256,21 @@ const (
 	rcRetry   = 0x922 // TPM_RC_RETRY
 )
 
-// retryTPM resends commands that the TPM answered with TPM_RC_RETRY,
+// retryTPM resends commands that the TPM rejected with TPM_RC_RETRY,
 // TPM_RC_YIELDED or TPM_RC_TESTING, with exponential backoff, and keeps the
 // last response so callers can take byte-exact fields from it.
+//
+// TODO: no test drives the resend path, because swtpm cannot be made to
+// return these codes.
 type retryTPM struct {
 	raw          rawTPM
 	maxAttempts  int
 	firstBackoff time.Duration
 	lastResponse []byte
+
+	// afterSend, when set, runs after each command with its command code.
+	// Tests use it to extend a PCR between the commands of one read.
+	afterSend func(commandCode uint32)
 }
 
 func (r *retryTPM) Send(cmd []byte) ([]byte, error) {
@@ -261,6 +281,13 @@ func (r *retryTPM) Send(cmd []byte) ([]byte, error) {
 			return nil, err
 		}
 		r.lastResponse = rsp
+		if r.afterSend != nil && len(cmd) >= 10 {
+			hook := r.afterSend
+			r.afterSend = nil // the hook's own commands must not run it again
+			hook(binary.BigEndian.Uint32(cmd[6:10]))
+			r.afterSend = hook
+			r.lastResponse = rsp
+		}
 
 		rc, ok := responseCode(rsp)
 		if !ok || (rc != rcRetry && rc != rcYielded && rc != rcTesting) {

@@ -48,7 +48,7 @@ type Quote struct {
 	Signature []byte // marshaled TPMT_SIGNATURE
 }
 
-// QuoteInfo holds the decoded fields of a quote's TPMS_ATTEST.
+// QuoteInfo contains the decoded fields of a quote's TPMS_ATTEST.
 type QuoteInfo struct {
 	ExtraData []byte // the qualifying data (nonce) given to TPM2_Quote
 	// Selection maps each bank to its PCR indexes in ascending order, which
@@ -74,12 +74,12 @@ type attestReader struct {
 	err error
 }
 
-func (r *attestReader) take(n int, what string) []byte {
+func (r *attestReader) take(n int, field string) []byte {
 	if r.err != nil {
 		return nil
 	}
 	if n < 0 || len(r.buf)-r.off < n {
-		r.err = fmt.Errorf("%w: %s at byte offset %d needs %d bytes, %d left", ErrMalformedQuote, what, r.off, n, len(r.buf)-r.off)
+		r.err = fmt.Errorf("%w: %s at byte offset %d needs %d bytes, %d left", ErrMalformedQuote, field, r.off, n, len(r.buf)-r.off)
 		return nil
 	}
 	b := r.buf[r.off : r.off+n]
@@ -87,42 +87,42 @@ func (r *attestReader) take(n int, what string) []byte {
 	return b
 }
 
-func (r *attestReader) u8(what string) uint8 {
-	if b := r.take(1, what); b != nil {
+func (r *attestReader) u8(field string) uint8 {
+	if b := r.take(1, field); b != nil {
 		return b[0]
 	}
 	return 0
 }
 
-func (r *attestReader) u16(what string) uint16 {
-	if b := r.take(2, what); b != nil {
+func (r *attestReader) u16(field string) uint16 {
+	if b := r.take(2, field); b != nil {
 		return binary.BigEndian.Uint16(b)
 	}
 	return 0
 }
 
-func (r *attestReader) u32(what string) uint32 {
-	if b := r.take(4, what); b != nil {
+func (r *attestReader) u32(field string) uint32 {
+	if b := r.take(4, field); b != nil {
 		return binary.BigEndian.Uint32(b)
 	}
 	return 0
 }
 
-func (r *attestReader) u64(what string) uint64 {
-	if b := r.take(8, what); b != nil {
+func (r *attestReader) u64(field string) uint64 {
+	if b := r.take(8, field); b != nil {
 		return binary.BigEndian.Uint64(b)
 	}
 	return 0
 }
 
-func (r *attestReader) sized(what string) []byte {
-	n := int(r.u16(what + " size"))
-	return bytes.Clone(r.take(n, what))
+func (r *attestReader) sized(field string) []byte {
+	n := int(r.u16(field + " size"))
+	return bytes.Clone(r.take(n, field))
 }
 
-func (r *attestReader) end(what string) error {
+func (r *attestReader) end(field string) error {
 	if r.err == nil && r.off != len(r.buf) {
-		r.err = fmt.Errorf("%w: %d trailing bytes after %s at byte offset %d", ErrMalformedQuote, len(r.buf)-r.off, what, r.off)
+		r.err = fmt.Errorf("%w: %d trailing bytes after %s at byte offset %d", ErrMalformedQuote, len(r.buf)-r.off, field, r.off)
 	}
 	return r.err
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/imashard/imashard/pkg/pcr"
 )
 
-func readTestdata(t *testing.T, name string) []byte {
+func readTestdata(t testing.TB, name string) []byte {
 	t.Helper()
 	data, err := os.ReadFile("testdata/" + name)
 	if err != nil {
@@ -22,7 +22,7 @@ func readTestdata(t *testing.T, name string) []byte {
 	return data
 }
 
-func keylimeQuote(t *testing.T) (*Quote, any, pcr.Values) {
+func keylimeQuote(t testing.TB) (*Quote, any, pcr.Values) {
 	t.Helper()
 	q := &Quote{Attest: readTestdata(t, "keylime-quote.out"), Signature: readTestdata(t, "keylime-quotesig.out")}
 
