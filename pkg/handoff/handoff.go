@@ -3,8 +3,9 @@
 // an uncompressed newc cpio archive and loads the kernel with kexec_load or
 // kexec_file_load. In the next boot, Keep copies the carried files into place.
 //
-// The package knows nothing about shards. Callers pass shards as files, so
-// the same mechanism carries the next kernel and initrd for further kexecs.
+// The package does not depend on the shard format. Callers pass shards as
+// files, so the same mechanism carries the next kernel and initrd for
+// further kexecs.
 package handoff
 
 import (
