@@ -162,3 +162,28 @@ func TestBackgroundEntriesNeverBreakChain(t *testing.T) {
 		t.Errorf("%d boots and %d failed kexecs; want 2 boots, or 1 boot with a refused kexec", len(out.Boots), out.KexecFailed)
 	}
 }
+
+// A policy rule that measures the kexec_file_load command line adds a
+// kexec-cmdline entry at the first load, after the snapshot. imashard kexec
+// must notice it before rebooting and snapshot again. IMA skips an entry
+// whose template digest it already has, so the second load of the same
+// command line adds nothing, and the chain that boot 2 receives verifies.
+func TestKexecFileMeasuringPolicyResnapshots(t *testing.T) {
+	g := needGuest(t)
+	c := scenario.Chain{Boots: 2, KexecArgs: "--syscall file", PolicyRules: []string{"measure func=KEXEC_CMDLINE"}}
+	res := runGuest(t, g, t.TempDir(), scenario.Overlay(g.kernelData, g.initramfsData, c.Script()), 4*time.Minute)
+	out, err := scenario.Parse(res.Console)
+	if err != nil {
+		t.Fatalf("parse console: %v", err)
+	}
+	if !strings.Contains(res.Console, "IMA entries arrived after the final snapshot; snapshotting again") {
+		t.Errorf("imashard kexec did not notice the entry that kexec_file_load added")
+	}
+	if len(out.Boots) != 2 {
+		t.Fatalf("%d boots, want 2", len(out.Boots))
+	}
+	r := decodeReport(t, out.Boots[1])
+	if r.Result != "verified" || !r.OK {
+		t.Errorf("boot 2: result %q ok %v (error %q), want verified", r.Result, r.OK, r.Error)
+	}
+}
