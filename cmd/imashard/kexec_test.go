@@ -88,8 +88,8 @@ func TestKexecDryRunCarriesChain(t *testing.T) {
 		if res.Covered != int64(cut[1]) {
 			t.Errorf("dry run %d covers %d entries, want the whole log of %d", i, res.Covered, cut[1])
 		}
-		if len(res.Steps) != 2 || res.Steps[0].Name != "snapshot" || res.Steps[1].Name != "build initrd" {
-			t.Errorf("dry run %d steps = %+v, want snapshot and build initrd", i, res.Steps)
+		if len(res.Steps) != 3 || res.Steps[1].Name != "snapshot" || res.Steps[2].Name != "build initrd" {
+			t.Errorf("dry run %d steps = %+v, want reading, snapshot and build initrd", i, res.Steps)
 		}
 
 		initrd, err := os.ReadFile(out)
