@@ -146,7 +146,7 @@ func TestBackgroundEntriesNeverBreakChain(t *testing.T) {
 		// Either the snapshot could not quote a still state, or entries
 		// arrived between the snapshot and the kexec on every attempt.
 		if !movingLogError.MatchString(res.Console) {
-			t.Errorf("imashard kexec returned without an error about the moving log; console tail:\n%s", consoleTail(res.Console, 40))
+			t.Errorf("imashard kexec returned without an error about the moving log; console tail:\n%s", tail(res.Console, 40))
 		}
 		if st := strings.TrimSpace(vm.Sections(res.Console, "kexec-failed")[0]); st == "0" {
 			t.Errorf("imashard kexec returned with status 0")
@@ -186,14 +186,4 @@ func TestKexecFileMeasuringPolicyResnapshots(t *testing.T) {
 	if r.Result != "verified" || !r.OK {
 		t.Errorf("boot 2: result %q ok %v (error %q), want verified", r.Result, r.OK, r.Error)
 	}
-}
-
-// consoleTail returns the last n lines of a guest console, so a failure
-// shows what the guest printed even after the test's directory is gone.
-func consoleTail(console string, n int) string {
-	lines := strings.Split(strings.ReplaceAll(console, "\r", ""), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
