@@ -22,7 +22,7 @@ else
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 endif
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom qemu-test-sid qemu-log demo bench-kexec bench-replay bench-verify
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test custom-kernel test-custom qemu-test-sid demo bench-kexec bench-replay bench-verify
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -33,7 +33,6 @@ help:
 	@echo "make kernel KERNEL=custom  build or reuse the Linux 7.2 kernel with IMA_KEXEC and IMA_STAGING"
 	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
 	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
-	@echo "make qemu-log  replay the live list of Debian's 6.1 and 6.12 kernels in QEMU"
 
 deps:
 	./scripts/install-deps.sh
@@ -51,7 +50,7 @@ unit: deps
 fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
-test: deps vet build unit fuzz qemu-test qemu-test-sid qemu-log test-custom
+test: deps vet build unit fuzz qemu-test qemu-test-sid test-custom
 
 # The path of the extracted image goes to a file so that later targets
 # find it without resolving the version again.
@@ -83,7 +82,7 @@ qemu-test: kernel initramfs
 qemu-test-sid: initramfs
 	$(MAKE) kernel KERNEL_SUITE=sid
 	IMASHARD_KERNEL=$$(cat bin/kernel-sid.path) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
-		$(GO) test -count=1 -timeout 20m -v -run 'TestDemoThreeBoots' ./qemu/
+		$(GO) test -count=1 -timeout 20m -v -run 'TestDemoThreeBoots|TestLiveLogReplaysToTPM' ./qemu/
 
 demo: deps kernel build initramfs
 	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
@@ -101,12 +100,6 @@ test-custom: custom-kernel initramfs
 
 bench-replay:
 	./scripts/bench-replay.sh
-
-# Boots Debian's 6.1 and 6.12 kernels with swtpm and replays the live list
-# in the guest, one VM at a time.
-qemu-log: deps
-	KERNEL_SUITE=bookworm ./scripts/qemu-log/run.sh
-	KERNEL_SUITE=trixie ./scripts/qemu-log/run.sh
 
 clean:
 	rm -rf bin

@@ -51,8 +51,8 @@ func verifyOnHost(t *testing.T, stateDir string, shards map[string][]byte) *shar
 	return rep
 }
 
-// The demo: three boots joined by `imashard kexec`; boot 2 verifies one
-// carried shard and boot 3 two, each with its live log, and the host
+// The demo runs three boots joined by `imashard kexec`. Boot 2 verifies one
+// carried shard and boot 3 two, each with its live log. Then the host
 // verifies the two shards offline with the AK it derives itself.
 func TestDemoThreeBoots(t *testing.T) {
 	g := needGuest(t)
@@ -146,7 +146,7 @@ func TestBackgroundEntriesNeverBreakChain(t *testing.T) {
 		// Either the snapshot could not quote a still state, or entries
 		// arrived between the snapshot and the kexec on every attempt.
 		if !movingLogError.MatchString(res.Console) {
-			t.Errorf("imashard kexec returned without an error about the moving log")
+			t.Errorf("imashard kexec returned without an error about the moving log; console tail:\n%s", tail(res.Console, 40))
 		}
 		if st := strings.TrimSpace(vm.Sections(res.Console, "kexec-failed")[0]); st == "0" {
 			t.Errorf("imashard kexec returned with status 0")
@@ -160,5 +160,30 @@ func TestBackgroundEntriesNeverBreakChain(t *testing.T) {
 		t.Logf("boot 2 verified although entries kept arriving in boot 1")
 	default:
 		t.Errorf("%d boots and %d failed kexecs; want 2 boots, or 1 boot with a refused kexec", len(out.Boots), out.KexecFailed)
+	}
+}
+
+// A policy rule that measures the kexec_file_load command line adds a
+// kexec-cmdline entry at the first load, after the snapshot. imashard kexec
+// must notice it before rebooting and snapshot again. IMA skips an entry
+// whose template digest it already has, so the second load of the same
+// command line adds nothing, and the chain that boot 2 receives verifies.
+func TestKexecFileMeasuringPolicyResnapshots(t *testing.T) {
+	g := needGuest(t)
+	c := scenario.Chain{Boots: 2, KexecArgs: "--syscall file", PolicyRules: []string{"measure func=KEXEC_CMDLINE"}}
+	res := runGuest(t, g, t.TempDir(), scenario.Overlay(g.kernelData, g.initramfsData, c.Script()), 4*time.Minute)
+	out, err := scenario.Parse(res.Console)
+	if err != nil {
+		t.Fatalf("parse console: %v", err)
+	}
+	if !strings.Contains(res.Console, "IMA entries arrived after the final snapshot; snapshotting again") {
+		t.Errorf("imashard kexec did not notice the entry that kexec_file_load added")
+	}
+	if len(out.Boots) != 2 {
+		t.Fatalf("%d boots, want 2", len(out.Boots))
+	}
+	r := decodeReport(t, out.Boots[1])
+	if r.Result != "verified" || !r.OK {
+		t.Errorf("boot 2: result %q ok %v (error %q), want verified", r.Result, r.OK, r.Error)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"path"
 	"path/filepath"
+	"time"
 
 	"context"
 	"encoding/json"
@@ -71,6 +72,7 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 	// Every open below is measured on a system with an IMA policy, so all
 	// reads happen before the snapshot.
+	readStart := time.Now()
 	kernel, err := os.ReadFile(*kernelPath)
 	if err != nil {
 		return fmt.Errorf("read next kernel: %w", err)
@@ -83,6 +85,7 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	readInputs := handoff.Step{Name: "read kernel, initrd and carried files", Duration: time.Since(readStart)}
 	line, err := kexecCmdline(*cmdline, *appendArgs)
 	if err != nil {
 		return err
@@ -120,6 +123,7 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	res.Steps = append([]handoff.Step{readInputs}, res.Steps...)
 
 	if *dryRun {
 		if err := writeFileAtomic(*outInitrd, res.Initrd); err != nil {
@@ -131,7 +135,7 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return enc.Encode(res)
 		}
 		for _, s := range res.Steps {
-			fmt.Fprintf(stdout, "%-14s %v\n", s.Name, s.Duration)
+			fmt.Fprintf(stdout, "%-38s %v\n", s.Name, s.Duration)
 		}
 		fmt.Fprintf(stdout, "initrd %s: %d bytes, %d entries covered\n", *outInitrd, len(res.Initrd), res.Covered)
 	}

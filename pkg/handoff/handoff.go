@@ -1,10 +1,11 @@
 // Package handoff carries files from a running Linux system to the next
-// kernel started with kexec: it appends them to the next kernel's initrd as
-// an uncompressed newc cpio archive, loads the kernel with kexec_load or
-// kexec_file_load, and finds the carried files again in the next boot.
+// kernel started with kexec. It appends them to the next kernel's initrd as
+// an uncompressed newc cpio archive and loads the kernel with kexec_load or
+// kexec_file_load. In the next boot, Keep copies the carried files into place.
 //
-// The package knows nothing about shards. Callers pass shards as files, so
-// the same mechanism carries the next kernel and initrd for further kexecs.
+// The package does not depend on the shard format. Callers pass shards as
+// files, so the same mechanism carries the next kernel and initrd for
+// further kexecs.
 package handoff
 
 import (

@@ -168,6 +168,7 @@ type fakeLog struct {
 	arrivals []int64
 	attempt  int
 	executed bool
+	unloaded bool
 }
 
 func (l *fakeLog) plan() Plan {
@@ -184,6 +185,7 @@ func (l *fakeLog) plan() Plan {
 			}
 			return nil
 		},
+		unload:  func(Syscall) error { l.unloaded = true; return nil },
 		execute: func() error { l.executed = true; return nil },
 	}
 }
@@ -225,6 +227,9 @@ func TestRunRejectsMovingLog(t *testing.T) {
 	}
 	if l.executed {
 		t.Errorf("executed although the log kept moving")
+	}
+	if !l.unloaded {
+		t.Errorf("the kernel loaded for the rejected handoff stays loaded")
 	}
 }
 
@@ -285,5 +290,36 @@ func TestKeepCopiesAndNeverOverwrites(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dst, ".keep-*")); len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+func TestRunUnloadsAfterLaterSnapshotFails(t *testing.T) {
+	l := &fakeLog{count: 10, arrivals: []int64{1}}
+	p := l.plan()
+	snapshot := p.Snapshot
+	p.Snapshot = func(ctx context.Context) ([]File, int64, error) {
+		if l.attempt == 1 {
+			l.attempt++
+			return nil, 0, errors.New("quote failed")
+		}
+		return snapshot(ctx)
+	}
+	if _, err := Run(context.Background(), p); err == nil {
+		t.Fatal("Run succeeded although the second snapshot failed")
+	}
+	if l.executed || !l.unloaded {
+		t.Errorf("executed=%v unloaded=%v, want false true", l.executed, l.unloaded)
+	}
+}
+
+func TestRunLeavesNothingToUnloadBeforeLoad(t *testing.T) {
+	l := &fakeLog{count: 10}
+	p := l.plan()
+	p.Snapshot = func(context.Context) ([]File, int64, error) { return nil, 0, errors.New("quote failed") }
+	if _, err := Run(context.Background(), p); err == nil {
+		t.Fatal("Run succeeded although the snapshot failed")
+	}
+	if l.unloaded {
+		t.Errorf("unloaded although nothing was loaded")
 	}
 }

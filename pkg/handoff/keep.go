@@ -16,8 +16,8 @@ var ErrConflict = errors.New("carried file differs from the file already kept")
 
 // Keep copies the regular files of src (the carried shards) into dst,
 // creating dst when needed, and returns the names it holds afterwards, in
-// name order. A file already in dst with the same bytes is left as it is; one
-// with other bytes is an ErrConflict, so no evidence is overwritten. Each
+// name order. A file already in dst with the same bytes is left as it is.
+// A file with other bytes is an ErrConflict, so no evidence is overwritten. Each
 // copy is written to a temporary file, synced and renamed into place.
 func Keep(src, dst string) ([]string, error) {
 	entries, err := os.ReadDir(src)

@@ -38,8 +38,9 @@ type Plan struct {
 	// DryRun stops after building the initrd: nothing is loaded or executed.
 	DryRun bool
 
-	// load and execute replace Load and Execute in tests.
+	// load, unload and execute replace Load, Unload and Execute in tests.
 	load    func(kernel, initrd []byte, cmdline string, sc Syscall) error
+	unload  func(sc Syscall) error
 	execute func() error
 }
 
@@ -62,7 +63,7 @@ type Result struct {
 // arrived after the snapshot, because such entries would be extended into
 // the PCRs that the next boot inherits while no carried shard holds them.
 // On success without DryRun Run does not return.
-func Run(ctx context.Context, p Plan) (*Result, error) {
+func Run(ctx context.Context, p Plan) (_ *Result, err error) {
 	if p.Snapshot == nil || p.EntryCount == nil {
 		return nil, errors.New("handoff plan needs a Snapshot and an EntryCount function")
 	}
@@ -70,13 +71,28 @@ func Run(ctx context.Context, p Plan) (*Result, error) {
 	if attempts <= 0 {
 		attempts = 3
 	}
-	load, execute := p.load, p.execute
+	load, unload, execute := p.load, p.unload, p.execute
 	if load == nil {
 		load = Load
+	}
+	if unload == nil {
+		unload = Unload
 	}
 	if execute == nil {
 		execute = Execute
 	}
+
+	// A kernel left loaded after a failure would let a later `kexec -e` or a
+	// systemd kexec reboot start it with shards that miss the newest entries.
+	loaded := false
+	defer func() {
+		if err == nil || !loaded {
+			return
+		}
+		if uerr := unload(p.Syscall); uerr != nil {
+			slog.Error("unloading the kernel of the failed handoff failed; do not run kexec -e", "err", uerr)
+		}
+	}()
 
 	res := &Result{}
 	for attempt := 1; attempt <= attempts; attempt++ {
@@ -110,6 +126,7 @@ func Run(ctx context.Context, p Plan) (*Result, error) {
 		if err := load(p.Kernel, initrd, p.Cmdline, p.Syscall); err != nil {
 			return res, err
 		}
+		loaded = true
 		res.Steps = append(res.Steps, Step{Name: "load", Duration: time.Since(start)})
 
 		now, err := p.EntryCount()

@@ -1,9 +1,9 @@
 // Command demo runs the kexec demo in QEMU: three boots joined by
-// `imashard kexec`, each later boot verifying the carried shards and its
-// live log with `imashard boot`, then an offline verification on the host
-// with `imashard verify`, pinning the AK that `imashard ak export` derives
-// from the same swtpm state after QEMU has exited. It prints a short report
-// and exits 0 only when every verification passed.
+// `imashard kexec`, where each later boot verifies the carried shards and
+// its live log with `imashard boot`. Then the host verifies the shards
+// offline with `imashard verify`. It pins the AK that `imashard ak export`
+// derives from the same swtpm state after QEMU has exited. The command
+// prints a short report and exits 0 only when every verification passed.
 package main
 
 import (

@@ -24,6 +24,9 @@ type Chain struct {
 	// Tamper makes boot 1 hand over its shard with the byte in the middle
 	// of the file changed.
 	Tamper bool
+	// PolicyRules are appended to the IMA policy in boot 1 before the
+	// workload, one write each.
+	PolicyRules []string
 	// Background runs a loop in every boot that keeps adding IMA entries
 	// (writing and reading new files) during the snapshot and the kexec.
 	Background bool
@@ -57,6 +60,12 @@ mkdir -p /bg-$boot
 # Bounded, because the shell waits for its background jobs before it exits.
 (i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo $i > /bg-$boot/f$i; cat /bg-$boot/f$i > /dev/null; done) &
 `)
+	}
+	for _, rule := range c.PolicyRules {
+		// One write per rule, newline included: the kernel's policy parser
+		// reports a rule written without its newline as one byte longer
+		// than the write, which Go's os.File turns into a panic.
+		fmt.Fprintf(&b, "if [ $boot = 1 ]; then printf '%%s\\n' %q > /sys/kernel/security/ima/policy; fi\n", rule)
 	}
 	b.WriteString(`
 # Workload: each new file that root reads adds one IMA entry under the tcb
@@ -112,7 +121,7 @@ fi
 	return b.String()
 }
 
-// Boot is what one boot printed.
+// Boot is the output of one boot.
 type Boot struct {
 	Number int
 	// Report is the JSON report of `imashard boot --json`.
@@ -121,7 +130,7 @@ type Boot struct {
 	Status int
 }
 
-// Result is what a whole chain printed.
+// Result is the output of a whole chain.
 type Result struct {
 	Boots []Boot
 	// KexecFailed counts boots in which `imashard kexec` returned.

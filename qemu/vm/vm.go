@@ -51,7 +51,7 @@ type Config struct {
 	MemoryMB int
 }
 
-// Result is what a finished run left behind.
+// Result is the output of a finished run.
 type Result struct {
 	Console     string // the whole serial console output
 	ConsolePath string

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imashard/imashard/pkg/handoff"
+	"github.com/imashard/imashard/pkg/shard"
+	"github.com/imashard/imashard/pkg/swtpm"
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+// appendedFiles returns the regular files of the archive that imashard
+// kexec appended after base.
+func appendedFiles(t *testing.T, initrd, base []byte) map[string][]byte {
+	t.Helper()
+	if !bytes.HasPrefix(initrd, base) {
+		t.Fatalf("next initrd does not start with the given initrd")
+	}
+	start := (len(base) + 3) / 4 * 4
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(initrd[start:])))
+	if err != nil {
+		t.Fatalf("read appended archive at offset %d: %v", start, err)
+	}
+	files := map[string][]byte{}
+	for _, r := range recs {
+		if r.Mode&cpio.S_IFMT != cpio.S_IFREG {
+			continue
+		}
+		data, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[r.Name] = data
+	}
+	return files
+}
+
+func TestKexecDryRunCarriesChain(t *testing.T) {
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+
+	work := t.TempDir()
+	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
+	logPath := filepath.Join(work, "binary_runtime_measurements")
+	dir := filepath.Join(work, "chain")
+	kernel := filepath.Join(work, "vmlinuz")
+	base := []byte("base initrd, 27 bytes long.")
+	initrdPath := filepath.Join(work, "initrd")
+	note := filepath.Join(work, "carry", "note")
+	os.MkdirAll(filepath.Dir(note), 0o755)
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	os.WriteFile(initrdPath, base, 0o644)
+	os.WriteFile(note, []byte("carried"), 0o644)
+
+	for i, cut := range [][2]int{{0, 50}, {50, 120}} {
+		measureInto(t, inst.Spec(), src, logPath, cut[0], cut[1])
+		out := filepath.Join(work, "next-initrd")
+		os.Remove(out)
+		stdout, err := runCLI(t, "kexec", "--dry-run", "--json", "--kernel", kernel, "--initrd", initrdPath,
+			"--cmdline", "console=ttyS0", "--carry", filepath.Dir(note), "--output-initrd", out,
+			"--dir", dir, "--log", logPath, "--tpm", inst.Spec())
+		if err != nil {
+			t.Fatalf("dry run %d: %v", i, err)
+		}
+
+		var res struct {
+			Covered int64 `json:"covered_entries"`
+			Steps   []struct {
+				Name string `json:"name"`
+			} `json:"steps"`
+		}
+		if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+			t.Fatalf("dry run %d output %q: %v", i, stdout, err)
+		}
+		if res.Covered != int64(cut[1]) {
+			t.Errorf("dry run %d covers %d entries, want the whole log of %d", i, res.Covered, cut[1])
+		}
+		if len(res.Steps) != 3 || res.Steps[1].Name != "snapshot" || res.Steps[2].Name != "build initrd" {
+			t.Errorf("dry run %d steps = %+v, want reading, snapshot and build initrd", i, res.Steps)
+		}
+
+		initrd, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := appendedFiles(t, initrd, base)
+		if got := string(files[strings.TrimPrefix(note, "/")]); got != "carried" {
+			t.Errorf("dry run %d: carried note = %q, want carried", i, got)
+		}
+		for seq := 0; seq <= i; seq++ {
+			name := shard.FileName(uint64(seq))
+			want, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatalf("dry run %d: %v", i, err)
+			}
+			if got := files[handoff.ShardDir+"/"+name]; !bytes.Equal(got, want) {
+				t.Errorf("dry run %d: carried %s differs from the chain directory's (%d and %d bytes)", i, name, len(got), len(want))
+			}
+		}
+		if _, ok := files[handoff.ShardDir+"/lock"]; ok {
+			t.Errorf("dry run %d carried the snapshot lock file", i)
+		}
+		if n := len(files); n != i+2 {
+			t.Errorf("dry run %d: archive has %d files, want %d shards and the note", i, n, i+1)
+		}
+	}
+}
+
+func TestKexecFlagErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"kexec"},
+		{"kexec", "--kernel", "k"},
+		{"kexec", "--kernel", "k", "--initrd", "i", "--dry-run"},
+		{"kexec", "--kernel", "k", "--initrd", "i", "--output-initrd", "o"},
+		{"kexec", "--kernel", "k", "--initrd", "i", "--skip-snapshot"},
+		{"kexec", "--kernel", "k", "--initrd", "i", "--syscall", "kexec_load"},
+	} {
+		if _, err := runCLI(t, args...); !errors.Is(err, errUsage) {
+			t.Errorf("imashard %v: err = %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestBootWithoutShardsChecksReplay(t *testing.T) {
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+
+	work := t.TempDir()
+	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
+	logPath := filepath.Join(work, "binary_runtime_measurements")
+	measureInto(t, inst.Spec(), src, logPath, 0, 30)
+
+	args := []string{"boot", "--json", "--from", filepath.Join(work, "none"), "--dir", filepath.Join(work, "chain"), "--log", logPath, "--tpm", inst.Spec()}
+	stdout, err := runCLI(t, args...)
+	if err != nil {
+		t.Fatalf("boot with a log that replays from zero: %v", err)
+	}
+	var rep bootReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("boot output %q: %v", stdout, err)
+	}
+	if rep.Result != bootColdBoot || !rep.OK || rep.Replay == nil || rep.Replay.Entries != 30 {
+		t.Errorf("report = %+v, want cold-boot after 30 entries", rep)
+	}
+
+	// An empty log against the same non-zero PCR 10, as after a kexec that
+	// dropped the log: the history no longer replays from the reset state.
+	other := filepath.Join(work, "other")
+	os.WriteFile(other, nil, 0o644)
+	stdout, err = runCLI(t, "boot", "--json", "--from", filepath.Join(work, "none"), "--dir", filepath.Join(work, "chain"), "--log", other, "--tpm", inst.Spec())
+	if err == nil {
+		t.Fatalf("boot with an empty log and a non-zero PCR 10 succeeded")
+	}
+	rep = bootReport{}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("boot output %q: %v", stdout, err)
+	}
+	if rep.Result != bootHistoryMissing || rep.OK {
+		t.Errorf("report = %+v, want history-missing", rep)
+	}
+}
