@@ -161,8 +161,8 @@ func readChainDir(dir string) ([]handoff.File, error) {
 		files = append(files, handoff.File{Path: path.Join(handoff.ShardDir, filepath.Base(c.Path)), Data: data, Mode: 0o644})
 	}
 
-	// The trim state says where a trimmed or carried list starts in the
-	// history; the next kernel needs it when it keeps the list.
+	// The trim state records where a trimmed or carried list starts in the
+	// history, which the next kernel needs when it keeps the list.
 	st, err := trim.LoadState(dir)
 	if err != nil {
 		return nil, err
