@@ -1,14 +1,19 @@
 package qemu_test
 
 import (
+	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/imashard/imashard/pkg/shard"
 	"github.com/imashard/imashard/qemu/vm"
 )
 
@@ -164,8 +169,55 @@ else
 	echo "@@imashard-begin verify"
 	imashard verify --live --ak /ak/ak.pem --json /run/imashard
 	echo "@@imashard-end verify"
+	for f in /run/imashard/shard-*; do
+		echo "@@imashard-begin shardfile"
+		echo $f
+		base64 $f
+		echo "@@imashard-end shardfile"
+	done
+	echo "@@imashard-begin akpem"
+	cat /ak/ak.pem
+	echo "@@imashard-end akpem"
 fi
 `
+}
+
+// verifyTrimChainOnHost writes the shards that the guest printed to a directory and
+// verifies the chain there with the AK public key the guest exported.
+func verifyTrimChainOnHost(t *testing.T, console string) *shard.Report {
+	t.Helper()
+	dir := t.TempDir()
+	files := vm.Sections(console, "shardfile")
+	if len(files) == 0 {
+		t.Fatal("guest printed no shard files")
+	}
+	for _, f := range files {
+		name, body, _ := strings.Cut(strings.TrimSpace(f), "\n")
+		data, err := vm.DecodeBase64(body)
+		if err != nil {
+			t.Fatalf("shard %s: %v", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(strings.TrimSpace(name))), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pems := vm.Sections(console, "akpem")
+	if len(pems) != 1 {
+		t.Fatalf("%d AK sections, want 1", len(pems))
+	}
+	block, _ := pem.Decode([]byte(strings.TrimSpace(pems[0]) + "\n"))
+	if block == nil {
+		t.Fatalf("AK section is not PEM: %q", pems[0])
+	}
+	key, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("parse AK public key: %v", err)
+	}
+	report, err := shard.Verify(context.Background(), shard.VerifyOptions{Dir: dir, AKPublic: key})
+	if err != nil {
+		t.Fatalf("verify the chain on the host: %v", err)
+	}
+	return report
 }
 
 // Trim, kexec, trim again in the new kernel, then verify everything from
@@ -260,6 +312,11 @@ func TestTrimKexecTrimVerify(t *testing.T) {
 			}
 			if len(report.Shards) < 2 || report.Shards[0].FirstIndex != 0 {
 				t.Errorf("verify covered shards %+v, want the chain from history index 0", report.Shards)
+			}
+
+			host := verifyTrimChainOnHost(t, res.Console)
+			if !host.OK || len(host.Shards) != len(report.Shards) {
+				t.Errorf("host verification: ok %v with %d shards, the guest verified %d", host.OK, len(host.Shards), len(report.Shards))
 			}
 		})
 	}
