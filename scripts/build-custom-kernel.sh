@@ -55,8 +55,22 @@ apt_opts=(
 	-o "Dir::Cache::archives=$apt_dir/archives"
 	-o "APT::Get::List-Cleanup=0"
 )
+fragment_hash=$(grep -vE '^[[:space:]]*$' "$fragment" | sha256sum | cut -c1-16)
+
 log "updating the private sid package list from $mirror"
-apt-get "${apt_opts[@]}" -q update >&2
+if ! apt-get "${apt_opts[@]}" -q update >&2; then
+	# Offline: a kernel built earlier from the same fragment will do.
+	cached=$(ls -t "$cache_root"/kernels/custom-*-"$fragment_hash"/bzImage 2>/dev/null | head -n1 || true)
+	if [ -n "$cached" ]; then
+		log "apt-get update failed; reusing $cached"
+		mkdir -p "$(dirname "$out")"
+		cp "$cached" "$out"
+		echo "$cached"
+		exit 0
+	fi
+	log "apt-get update failed and no kernel for this fragment is cached"
+	exit 1
+fi
 
 version=$(apt-cache "${apt_opts[@]}" show "$package" 2>/dev/null |
 	awk '/^Version:/ {print $2; exit}')
@@ -65,7 +79,6 @@ if [ -z "$version" ]; then
 	exit 1
 fi
 
-fragment_hash=$(grep -vE '^[[:space:]]*$' "$fragment" | sha256sum | cut -c1-16)
 key="custom-$version-$fragment_hash"
 cached="$cache_root/kernels/$key/bzImage"
 
