@@ -40,7 +40,6 @@ func trimOptions(dir, logPath string, logOpts imalog.Options, mode string) (trim
 	if alg == 0 {
 		alg = pcr.SHA1
 	}
-	trim.SetSplit(trim.SplitWith(logOpts))
 	return trim.Options{Dir: dir, FS: fs, Alg: alg, Split: trim.SplitWith(logOpts), Staged: mode == "staged"}, nil
 }
 

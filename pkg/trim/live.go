@@ -11,8 +11,8 @@ import (
 	"github.com/imashard/imashard/pkg/securityfs"
 )
 
-// ReadCarry returns the carried entries of the state, raw.
-func ReadCarry(dir string, st *State) ([][]byte, error) {
+// ReadCarry returns the carried entries of the state, split with split.
+func ReadCarry(dir string, st *State, split SplitFunc) ([][]byte, error) {
 	if st.Carry == 0 {
 		return nil, nil
 	}
@@ -21,33 +21,15 @@ func ReadCarry(dir string, st *State) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read carried entries: %w (the state file names it; without it %d entries are lost)", err, st.Carry)
 	}
-	entries, err := splitCarry(data, st.Carry)
+	entries, err := split(data)
 	if err != nil {
 		return nil, fmt.Errorf("read carried entries %s: %w", path, err)
 	}
-	return entries, nil
-}
-
-// splitCarry is filled in by ReadLive's caller through carrySplit, since
-// the carry file holds entries in the format of the trimmed bank.
-var splitCarry = func(data []byte, want int64) ([][]byte, error) {
-	if carrySplit == nil {
-		return nil, fmt.Errorf("no list parser set: call SetSplit first")
-	}
-	entries, err := carrySplit(data)
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(entries)) != want {
-		return nil, fmt.Errorf("contains %d entries, but the state file records %d", len(entries), want)
+	if int64(len(entries)) != st.Carry {
+		return nil, fmt.Errorf("read carried entries %s: it contains %d entries, but the state file records %d", path, len(entries), st.Carry)
 	}
 	return entries, nil
 }
-
-var carrySplit SplitFunc
-
-// SetSplit sets the parser for carry files.
-func SetSplit(split SplitFunc) { carrySplit = split }
 
 // Live is what is left of the history outside the shards, in order: the
 // carried entries, the kernel's staged entries, then its current list.

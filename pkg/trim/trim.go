@@ -137,7 +137,7 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 		// The kernel list is unchanged since it was read: the lock is held.
 	}
 
-	used, err := dropCoveredCarry(opts.Dir, st, covered)
+	used, err := dropCoveredCarry(opts.Dir, st, covered, opts.Split)
 	if err != nil {
 		return nil, err
 	}
@@ -448,11 +448,11 @@ func removeStaleCarry(dir, name string) {
 }
 
 // dropCoveredCarry removes carried entries once shards hold them.
-func dropCoveredCarry(dir string, st *State, covered Covered) (int64, error) {
+func dropCoveredCarry(dir string, st *State, covered Covered, split SplitFunc) (int64, error) {
 	if st.Carry == 0 || covered.End() <= st.LiveStart {
 		return 0, nil
 	}
-	entries, err := ReadCarry(dir, st)
+	entries, err := ReadCarry(dir, st, split)
 	if err != nil {
 		return 0, err
 	}

@@ -20,7 +20,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	SetSplit(SplitWith(imalog.Options{}))
 	if vmtest.InGuest() {
 		vmtest.GuestMain(m)
 	}
