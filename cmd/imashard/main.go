@@ -73,6 +73,31 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return fmt.Errorf("%w: unknown command %q", errUsage, name)
 }
 
+// maxSmallFileSize bounds AK keys, quotes and PCR files read from paths on
+// the command line. These are at most a few KiB, and the bound turns a
+// device such as /dev/zero passed by mistake into an error instead of a
+// read that exhausts memory.
+const maxSmallFileSize = 1 << 20
+
+// readSmallFile reads path like os.ReadFile but fails when the file holds
+// more than maxSmallFileSize bytes.
+func readSmallFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	data, err := io.ReadAll(io.LimitReader(f, maxSmallFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxSmallFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes: pass the file itself, not a device or a log", path, maxSmallFileSize)
+	}
+	return data, nil
+}
+
 // newFlagSet returns a flag set that reports errors instead of exiting, and
 // prints the summary line and the flags for --help.
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestOversizedInputFilesRejected passes a 2 MiB file where a key, quote or
+// PCR file belongs, in place of /dev/zero. Every command must stop at a size
+// bound with an error naming the file instead of reading until memory runs
+// out.
+func TestOversizedInputFilesRejected(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big")
+	if err := os.WriteFile(big, make([]byte, 2<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	chain := filepath.Join(dir, "chain")
+	quoteDir := filepath.Join(dir, "quote")
+	for _, d := range []string{chain, quoteDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{quoteMessageFile, quoteSignatureFile} {
+		if err := os.WriteFile(filepath.Join(quoteDir, name), []byte{0}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bigQuoteDir := filepath.Join(dir, "bigquote")
+	if err := os.Mkdir(bigQuoteDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(big, filepath.Join(bigQuoteDir, quoteMessageFile)); err != nil {
+		t.Fatal(err)
+	}
+
+	akPEM := filepath.Join(dir, "ak.pem")
+	pemText := "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEO9Pu6H6+anSOiGCRkmX1Bvgvu1FU\n6yNB1RVQ+Gt7shyAXApPVywYHBVK1R3nXU6o/PG9J/2K2nRfrDWDuKz98g==\n-----END PUBLIC KEY-----\n"
+	if err := os.WriteFile(akPEM, []byte(pemText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(dir, "binary_runtime_measurements")
+	if err := os.WriteFile(list, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	cases := map[string][]string{
+		"verify ak":            {"verify", "--ak", big, chain},
+		"verify trusted":       {"verify", "--ak", akPEM, "--trusted-start", big, chain},
+		"quote verify ak":      {"quote", "verify", "--ak", big, "--nonce", "", quoteDir},
+		"quote verify pcrs":    {"quote", "verify", "--ak", akPEM, "--nonce", "", "--pcrs", big, quoteDir},
+		"log replay pcrs":      {"log", "replay", "--pcrs", "sha1," + big, list},
+		"log replay from":      {"log", "replay", "--from", "sha1," + big, list},
+		"quote verify message": {"quote", "verify", "--ak", akPEM, "--nonce", "", bigQuoteDir},
+	}
+	for name, args := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := runCLI(t, args...)
+			if err == nil {
+				t.Fatal("command succeeded on a 2 MiB input file")
+			}
+			if errors.Is(err, errUsage) {
+				t.Errorf("error %q is a usage error, want exit status 1", err)
+			}
+			if !strings.Contains(err.Error(), "larger than") || !strings.Contains(err.Error(), "big") {
+				t.Errorf("error %q does not report the oversized file %s", err, big)
+			}
+		})
+	}
+}
