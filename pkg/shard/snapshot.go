@@ -90,6 +90,11 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
+	if end != nil {
+		if err := end.checkQuote(opts.AK.PublicKey); err != nil {
+			return nil, fmt.Errorf("snapshot: a new shard would extend a chain that cannot verify: %w: run imashard verify on %s, and move the chain aside to start a new one", err, opts.Dir)
+		}
+	}
 	bootID, err := readBootID(opts.BootID)
 	if err != nil {
 		return nil, err

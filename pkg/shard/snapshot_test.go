@@ -717,3 +717,37 @@ func TestSnapshotAcrossKexec(t *testing.T) {
 		t.Errorf("verified up to %d with %d live entries, want 60 and 0", report.Final.NextIndex, report.Live.Attested)
 	}
 }
+
+func TestSnapshotRejectsCorruptChainEnd(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")[:20]
+	env.measure(entries[:10]...)
+	first, err := env.snapshot(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The last byte of a shard is in the quote's signature, which the
+	// structural checks of the chain end do not read.
+	data, err := os.ReadFile(first.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)-1] ^= 0x01
+	if err := os.WriteFile(first.Path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	env.measure(entries[10:]...)
+	_, err = env.snapshot(false)
+	if !errors.Is(err, tpm.ErrBadSignature) {
+		t.Fatalf("snapshot after a corrupt shard: err = %v, want tpm.ErrBadSignature", err)
+	}
+	files, err := ListChain(env.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 1 {
+		t.Errorf("chain has %d shards after the rejected snapshot, want 1", len(files))
+	}
+}
