@@ -72,3 +72,29 @@ func TestOversizedInputFilesRejected(t *testing.T) {
 		})
 	}
 }
+
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"help", []string{"log", "show", "--help"}, 0},
+		{"unknown flag", []string{"pcrs", "--bogus"}, 2},
+		{"missing required flag", []string{"verify", dir}, 2},
+		{"malformed tcp spec", []string{"pcrs", "--tpm", "tcp:no-port"}, 2},
+		{"unknown spec", []string{"pcrs", "--tpm", "tpm0"}, 2},
+		{"unix spec without path", []string{"pcrs", "--tpm", "unix:"}, 2},
+		{"unreachable socket", []string{"pcrs", "--tpm", "unix:" + filepath.Join(dir, "none.sock")}, 1},
+		{"missing list", []string{"log", "show", filepath.Join(dir, "none")}, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := runCLI(t, c.args...)
+			if got := exitCode(err); got != c.want {
+				t.Errorf("imashard %v: exit status %d (err %v), want %d", c.args, got, err, c.want)
+			}
+		})
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+
+	"github.com/imashard/imashard/pkg/tpm"
 )
 
 type runFunc func(args []string, stdin io.Reader, stdout, stderr io.Writer) error
@@ -134,14 +136,22 @@ func setupLogging(stderr io.Writer) {
 func main() {
 	setupLogging(os.Stderr)
 	err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := exitCode(err)
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+// exitCode maps the error of run to the exit status: 0 for success and
+// --help, 2 for a mistake in the command line, 1 for every other failure.
+func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
-		os.Exit(2)
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, tpm.ErrInvalidSpec):
+		return 2
 	default:
-		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
 }
