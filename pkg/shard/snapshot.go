@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"time"
@@ -65,8 +66,15 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	list.Close()
-	if info, err := os.Stat(opts.Dir); err != nil || !info.IsDir() {
-		return nil, fmt.Errorf("snapshot: chain directory %q: not a directory (create it first): %v", opts.Dir, err)
+	info, err := os.Stat(opts.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("snapshot: chain directory %q does not exist: create it first", opts.Dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: chain directory: %w", err)
+	}
+	if !info.IsDir() {
+		return nil, fmt.Errorf("snapshot: chain directory %q is not a directory (mode %s)", opts.Dir, info.Mode())
 	}
 
 	lock, err := lockDir(opts.Dir)

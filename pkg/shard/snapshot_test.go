@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -749,5 +750,36 @@ func TestSnapshotRejectsCorruptChainEnd(t *testing.T) {
 	}
 	if len(files) != 1 {
 		t.Errorf("chain has %d shards after the rejected snapshot, want 1", len(files))
+	}
+}
+
+func TestSnapshotChainDirectoryErrors(t *testing.T) {
+	env := newTestEnv(t)
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]struct {
+		dir  string
+		want string
+	}{
+		"regular file": {notDir, "is not a directory"},
+		"missing":      {filepath.Join(t.TempDir(), "none"), "does not exist: create it first"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Snapshot(context.Background(), SnapshotOptions{
+				Dir: c.dir, LogPath: env.logPath, TPM: env.tpm, AK: env.ak, BootID: "test-boot-1",
+			})
+			if err == nil {
+				t.Fatalf("snapshot into %s succeeded", c.dir)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "<nil>") {
+				t.Errorf("error %q prints a nil error", err)
+			}
+		})
 	}
 }
