@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/imashard/imashard/pkg/pcr"
@@ -426,5 +427,16 @@ func TestOpenListReportsMissingIMA(t *testing.T) {
 	_, err = openList(filepath.Join(t.TempDir(), "missing"))
 	if err == nil || errors.Is(err, ErrNoMeasurementList) {
 		t.Errorf("missing --log file: %v, want a plain not-found error", err)
+	}
+}
+
+func TestOpenRejectsNonRegularFile(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Open(dir)
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Open(%s): err = %v, want ErrMalformed", dir, err)
+	}
+	if !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("error %q does not say the path is not a regular file", err)
 	}
 }
