@@ -98,3 +98,30 @@ func TestExitCodes(t *testing.T) {
 		})
 	}
 }
+
+func TestKexecRejectsDeviceImages(t *testing.T) {
+	if _, err := os.Stat(os.DevNull); err != nil {
+		t.Skipf("%s missing: %v", os.DevNull, err)
+	}
+	dir := t.TempDir()
+	image := filepath.Join(dir, "image")
+	if err := os.WriteFile(image, []byte("not a kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// /dev/null is a safe device in place of /dev/zero, which has no end.
+	for _, flagName := range []string{"--kernel", "--initrd"} {
+		args := []string{"kexec", "--dry-run", "--output-initrd", filepath.Join(dir, "out"),
+			"--kernel", image, "--initrd", image, "--dir", dir, "--log", filepath.Join(dir, "none"),
+			"--tpm", "unix:" + filepath.Join(dir, "none.sock")}
+		for i := range args {
+			if args[i] == flagName {
+				args[i+1] = os.DevNull
+			}
+		}
+		_, err := runCLI(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("kexec %s %s: err = %v, want a not-a-regular-file error", flagName, os.DevNull, err)
+		}
+	}
+}
