@@ -125,3 +125,13 @@ func TestKexecRejectsDeviceImages(t *testing.T) {
 		}
 	}
 }
+
+func TestAKUnknownSubcommand(t *testing.T) {
+	_, err := runCLI(t, "ak", "exprot")
+	if !errors.Is(err, errUsage) {
+		t.Fatalf("ak exprot: err = %v, want a usage error", err)
+	}
+	if !strings.Contains(err.Error(), `"exprot"`) {
+		t.Errorf("error %q does not name the unknown subcommand", err)
+	}
+}

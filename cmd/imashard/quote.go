@@ -47,7 +47,7 @@ func runQuote(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runQuoteVerify(args[1:], stdin, stdout, stderr)
 	}
 
-	fs := newFlagSet("quote", "quote --nonce HEX --pcr N,... [--bank ALG,...] --out DIR [--alg ecc|rsa] [--handle HANDLE] [--tpm SPEC]\n       imashard quote verify --ak PEM --nonce HEX --pcrs FILE DIR", stderr)
+	fs := newFlagSet("quote", "quote --nonce HEX --pcr N,... [--bank ALG,...] --out DIR [--alg ecc|rsa] [--handle HANDLE] [--tpm SPEC]\n       imashard quote verify --ak PEM --nonce HEX [--pcrs FILE] [--json] DIR", stderr)
 	tpmSpec := addTPMFlag(fs)
 	ak := addAKFlags(fs)
 	nonceHex := fs.String("nonce", "", "qualifying data for the quote in hex, from the verifier (at most the TPM's limit, 66 bytes on TPMs with SHA-512)")
