@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imashard/imashard/pkg/swtpm"
 )
 
 // TestOversizedInputFilesRejected passes a 2 MiB file where a key, quote or
@@ -133,5 +135,40 @@ func TestAKUnknownSubcommand(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), `"exprot"`) {
 		t.Errorf("error %q does not name the unknown subcommand", err)
+	}
+}
+
+func TestBootFailureNamesFromDirectory(t *testing.T) {
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+
+	work := t.TempDir()
+	from := filepath.Join(work, "carried")
+	if err := os.Mkdir(from, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(from, "shard-0000000000.ims"), []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(work, "binary_runtime_measurements")
+	if err := os.WriteFile(logPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	stdout, err := runCLI(t, "boot", "--from", from, "--dir", filepath.Join(work, "chain"), "--log", logPath, "--tpm", inst.Spec())
+	if err == nil {
+		t.Fatal("boot accepted a garbage shard")
+	}
+	if !strings.Contains(stdout, "VERIFICATION FAILED") {
+		t.Errorf("summary %q does not report the failure", stdout)
+	}
+	if !strings.Contains(stdout, from) {
+		t.Errorf("summary %q does not name the --from directory %s", stdout, from)
 	}
 }
