@@ -77,6 +77,14 @@ func TestOversizedInputFilesRejected(t *testing.T) {
 
 func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
+	list := filepath.Join(dir, "binary_runtime_measurements")
+	if err := os.WriteFile(list, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(dir, "junk")
+	if err := os.WriteFile(junk, []byte("not an IMA list at all"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string
@@ -90,6 +98,8 @@ func TestExitCodes(t *testing.T) {
 		{"unix spec without path", []string{"pcrs", "--tpm", "unix:"}, 2},
 		{"unreachable socket", []string{"pcrs", "--tpm", "unix:" + filepath.Join(dir, "none.sock")}, 1},
 		{"missing list", []string{"log", "show", filepath.Join(dir, "none")}, 1},
+		{"digest size out of range", []string{"log", "show", "--digest-size", "65", list}, 2},
+		{"malformed list", []string{"log", "show", "--format", "binary", junk}, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/tpm"
 )
 
@@ -145,11 +146,13 @@ func main() {
 
 // exitCode maps the error of run to the exit status: 0 for success and
 // --help, 2 for a mistake in the command line, 1 for every other failure.
+// Reader options and TPM specs come only from flags, so their errors are
+// command-line mistakes too.
 func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage), errors.Is(err, tpm.ErrInvalidSpec):
+	case errors.Is(err, errUsage), errors.Is(err, tpm.ErrInvalidSpec), errors.Is(err, imalog.ErrInvalidOptions):
 		return 2
 	default:
 		return 1
