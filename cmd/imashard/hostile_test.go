@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imashard/imashard/pkg/shard"
 	"github.com/imashard/imashard/pkg/swtpm"
 )
 
@@ -180,5 +181,37 @@ func TestBootFailureNamesFromDirectory(t *testing.T) {
 	}
 	if !strings.Contains(stdout, from) {
 		t.Errorf("summary %q does not name the --from directory %s", stdout, from)
+	}
+}
+
+func TestVerifyAcceptsTPM2BPublicAK(t *testing.T) {
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+
+	work := t.TempDir()
+	enroll := filepath.Join(work, "enroll")
+	if _, err := runCLI(t, "ak", "export", "--out", enroll, "--tpm", inst.Spec()); err != nil {
+		t.Fatal(err)
+	}
+	chain := filepath.Join(work, "chain")
+	if err := os.Mkdir(chain, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	// An empty chain fails verification, but only after the key was read.
+	for _, name := range []string{"ak.pem", "ak.pub"} {
+		_, err := runCLI(t, "verify", "--ak", filepath.Join(enroll, name), chain)
+		if err == nil {
+			t.Fatalf("verify --ak %s of an empty chain succeeded", name)
+		}
+		if !errors.Is(err, shard.ErrMissingShard) {
+			t.Errorf("verify --ak %s: err = %v, want shard.ErrMissingShard after reading the key", name, err)
+		}
 	}
 }
