@@ -2,6 +2,10 @@ package shard
 
 import (
 	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"os"
@@ -438,5 +442,25 @@ func TestOpenRejectsNonRegularFile(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("error %q does not say the path is not a regular file", err)
+	}
+}
+
+func TestVerifyNamesDamagedShardOnce(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName(0))
+	if err := os.WriteFile(path, []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = Verify(context.Background(), VerifyOptions{Dir: dir, AKPublic: &key.PublicKey})
+	if !errors.Is(err, ErrTruncated) {
+		t.Fatalf("Verify of an 8-byte shard: err = %v, want ErrTruncated", err)
+	}
+	if n := strings.Count(err.Error(), path); n != 1 {
+		t.Errorf("error %q names %s %d times, want once", err, path, n)
 	}
 }
