@@ -190,18 +190,14 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 		slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", scan.count)
 		target = moved
 	}
-	return nil, fmt.Errorf("snapshot: no stable cut after %d attempts because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
+	return nil, fmt.Errorf("snapshot: the IMA log kept moving: no stable cut after %d attempts, because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
 }
 
 // checkReset rejects a quote from a TPM that was reset since the chain's last
 // shard: its PCRs started again from zero, so the chain cannot continue.
-func (s *snapshotter) checkReset(quote *tpm.Quote) error {
+func (s *snapshotter) checkReset(info *tpm.QuoteInfo) error {
 	if s.end == nil {
 		return nil
-	}
-	info, err := tpm.ParseQuote(quote)
-	if err != nil {
-		return fmt.Errorf("snapshot: parse own quote: %w", err)
 	}
 	if info.ResetCount != s.end.ResetCount {
 		return fmt.Errorf("snapshot: %w: TPM resetCount is %d, the chain's last shard %s was quoted at %d: start a new chain in an empty directory", ErrResetDetected, info.ResetCount, s.end.File, s.end.ResetCount)

@@ -3,6 +3,7 @@ package shard
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/replay"
+	"github.com/imashard/imashard/pkg/tpm"
 )
 
 // liveScan is one streaming pass over the live list from the chain's end.
@@ -121,16 +123,17 @@ func mergeIndexes(a, b []int) []int {
 	return slices.Compact(out)
 }
 
-// spool copies the entry and tail sections of the new shard from the live
-// list into a temporary file in the chain directory, hashing and counting
-// them on the way. Leftover spool files are removed like other temporary
-// shard files.
+// spool is a temporary file in the chain directory that holds the new
+// shard's entry and tail sections. A leftover spool file is removed like
+// other temporary shard files.
 type spool struct {
 	file    *os.File
 	entries Section
 	tail    Section
 }
 
+// spool copies the entry and tail sections of the new shard from the live
+// list into a spool file, hashing and counting them on the way.
 func (s *snapshotter) spool(scan *liveScan) (*spool, error) {
 	tailEnd := scan.cutOffset
 	if s.opts.Tail {
@@ -205,8 +208,9 @@ func (sp *spool) remove() {
 }
 
 // quoteAndWrite builds the header for the cut in scan, quotes it and writes
-// the shard. When the quoted values differ from target it writes nothing and
-// returns them as moved, so the caller cuts again.
+// the shard. When the quote covers other values than target, because the
+// PCRs moved, it writes nothing and returns the PCRs read again as moved, so
+// the caller cuts again.
 func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes []int) (*SnapshotResult, pcr.Values, error) {
 	sp, err := s.spool(scan)
 	if err != nil {
@@ -218,15 +222,27 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 	if err != nil {
 		return nil, nil, err
 	}
+	// The quote is checked against the header's end values directly
+	// instead of reading the PCRs around it: that only needs the PCRs to
+	// hold still until the quote, which matters when the kernel measures
+	// continuously.
 	nonce := sha256.Sum256(header)
-	quote, quoted, err := s.opts.TPM.QuoteWithValues(s.opts.AK, nonce[:], s.banks, indexes)
+	quote, err := s.opts.TPM.Quote(s.opts.AK, nonce[:], s.banks, indexes)
 	if err != nil {
 		return nil, nil, fmt.Errorf("snapshot: quote: %w", err)
 	}
-	if !quoted.Equal(target) {
-		return nil, quoted, nil
+	info, err := tpm.VerifyQuote(s.opts.AK.PublicKey, quote, nonce[:], target)
+	if errors.Is(err, tpm.ErrPCRDigestMismatch) {
+		moved, err := s.opts.TPM.ReadPCRs(s.banks, indexes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot: read PCRs: %w", err)
+		}
+		return nil, moved, nil
 	}
-	if err := s.checkReset(quote); err != nil {
+	if err != nil {
+		return nil, nil, fmt.Errorf("snapshot: check own quote: %w", err)
+	}
+	if err := s.checkReset(info); err != nil {
 		return nil, nil, err
 	}
 	crashPoint(8)

@@ -91,6 +91,9 @@ func splitQuoteResponse(rsp []byte) (*Quote, error) {
 		return nil, fmt.Errorf("TPM2_Quote response: parameterSize %d exceeds the %d bytes received", paramSize, len(rsp)-14)
 	}
 	params := rsp[14 : 14+paramSize]
+	if len(params) < 2 {
+		return nil, fmt.Errorf("TPM2_Quote response: parameterSize %d leaves no room for TPM2B_ATTEST", paramSize)
+	}
 	attestSize := int(binary.BigEndian.Uint16(params))
 	if 2+attestSize > len(params) {
 		return nil, fmt.Errorf("TPM2_Quote response: TPM2B_ATTEST size %d exceeds the %d parameter bytes", attestSize, len(params))
