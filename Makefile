@@ -11,7 +11,7 @@ KERNEL_SUITE ?= bookworm
 INITRAMFS := bin/initramfs.cpio
 KERNEL_PATH_FILE := bin/kernel-$(KERNEL_SUITE).path
 
-.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test qemu-test-sid qemu-log demo bench-kexec bench-replay bench-verify
+.PHONY: help deps build test unit fuzz vet clean kernel initramfs qemu-test qemu-test-sid demo bench-kexec bench-replay bench-verify
 
 help:
 	@echo "make build   static, stripped bin/imashard (CGO_ENABLED=0)"
@@ -21,7 +21,6 @@ help:
 	@echo "make kernel  download Debian's kernel (KERNEL_SUITE=bookworm|trixie|sid) into ~/.cache/imashard"
 	@echo "make initramfs  u-root initramfs with imashard at $(INITRAMFS)"
 	@echo "make bench-replay  imashard log replay against evmctl on 1,000,000 entries"
-	@echo "make qemu-log  replay the live list of Debian's 6.1 and 6.12 kernels in QEMU"
 
 deps:
 	./scripts/install-deps.sh
@@ -39,7 +38,7 @@ unit: deps
 fuzz:
 	./scripts/fuzz-all.sh $(FUZZTIME)
 
-test: deps vet build unit fuzz qemu-test qemu-test-sid qemu-log
+test: deps vet build unit fuzz qemu-test qemu-test-sid
 
 # The path of the extracted image goes to a file so that later targets
 # find it without resolving the version again.
@@ -62,7 +61,7 @@ qemu-test: kernel initramfs
 qemu-test-sid: initramfs
 	$(MAKE) kernel KERNEL_SUITE=sid
 	IMASHARD_KERNEL=$$(cat bin/kernel-sid.path) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
-		$(GO) test -count=1 -timeout 20m -v -run 'TestDemoThreeBoots' ./qemu/
+		$(GO) test -count=1 -timeout 20m -v -run 'TestDemoThreeBoots|TestLiveLogReplaysToTPM' ./qemu/
 
 demo: deps kernel build initramfs
 	IMASHARD_KERNEL=$$(cat $(KERNEL_PATH_FILE)) IMASHARD_INITRAMFS=$(CURDIR)/$(INITRAMFS) \
@@ -73,12 +72,6 @@ bench-kexec:
 
 bench-replay:
 	./scripts/bench-replay.sh
-
-# Boots Debian's 6.1 and 6.12 kernels with swtpm and replays the live list
-# in the guest, one VM at a time.
-qemu-log: deps
-	KERNEL_SUITE=bookworm ./scripts/qemu-log/run.sh
-	KERNEL_SUITE=trixie ./scripts/qemu-log/run.sh
 
 clean:
 	rm -rf bin
