@@ -25,6 +25,9 @@ func runAk(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 		return nil
 	}
+	if len(args) > 0 {
+		return fmt.Errorf("%w: unknown ak subcommand %q: use export", errUsage, args[0])
+	}
 	return fmt.Errorf("%w: ak needs a subcommand: export", errUsage)
 }
 

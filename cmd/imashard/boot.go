@@ -34,6 +34,7 @@ type bootReport struct {
 	// or "bad-signature"; empty when verification passed.
 	ErrorKind string         `json:"error_kind,omitempty"`
 	Carried   []string       `json:"carried_shards"`
+	From      string         `json:"from"`
 	Dir       string         `json:"dir"`
 	Verify    any            `json:"verify,omitempty"`
 	Replay    *coldBootCheck `json:"replay_from_zero,omitempty"`
@@ -74,7 +75,7 @@ func runBoot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	rep := &bootReport{Dir: *dir}
+	rep := &bootReport{From: *from, Dir: *dir}
 	err = boot(context.Background(), rep, *from, *dir, akf, logPath, logOpts)
 	if err != nil {
 		rep.OK = false
@@ -179,7 +180,7 @@ func printBootSummary(w io.Writer, rep *bootReport) {
 	case bootHistoryMissing:
 		fmt.Fprintf(w, "imashard boot: HISTORY MISSING: no carried shards and the live log (%d entries) does not replay from the TPM reset state to PCR 10; entries from before this boot were lost (a kexec without imashard?)\n", rep.Replay.Entries)
 	default:
-		fmt.Fprintf(w, "imashard boot: VERIFICATION FAILED: %s\nimashard boot: every shard is kept in %s and %s\n", rep.Error, rep.Dir, "/"+handoff.ShardDir)
+		fmt.Fprintf(w, "imashard boot: VERIFICATION FAILED: %s\nimashard boot: every shard is kept in %s and %s\n", rep.Error, rep.Dir, rep.From)
 	}
 }
 

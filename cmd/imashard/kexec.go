@@ -73,11 +73,11 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	// Every open below is measured on a system with an IMA policy, so all
 	// reads happen before the snapshot.
 	readStart := time.Now()
-	kernel, err := os.ReadFile(*kernelPath)
+	kernel, err := readRegularFile(*kernelPath)
 	if err != nil {
 		return fmt.Errorf("read next kernel: %w", err)
 	}
-	initrd, err := os.ReadFile(*initrdPath)
+	initrd, err := readRegularFile(*initrdPath)
 	if err != nil {
 		return fmt.Errorf("read next initrd: %w", err)
 	}
@@ -182,6 +182,25 @@ func readChainDir(dir string) ([]handoff.File, error) {
 		files = append(files, handoff.File{Path: path.Join(handoff.ShardDir, name), Data: data, Mode: 0o644})
 	}
 	return files, nil
+}
+
+// readRegularFile reads path and rejects devices and pipes, so that
+// --kernel /dev/zero fails at once instead of reading until memory runs out.
+func readRegularFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (mode %s): pass the image file itself", path, info.Mode())
+	}
+	return io.ReadAll(f)
 }
 
 func kexecCmdline(cmdline, extra string) (string, error) {

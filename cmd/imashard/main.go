@@ -12,6 +12,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+
+	"github.com/imashard/imashard/pkg/imalog"
+	"github.com/imashard/imashard/pkg/tpm"
 )
 
 type runFunc func(args []string, stdin io.Reader, stdout, stderr io.Writer) error
@@ -74,6 +77,31 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return fmt.Errorf("%w: unknown command %q", errUsage, name)
 }
 
+// maxSmallFileSize bounds AK keys, quotes and PCR files read from paths on
+// the command line. These are at most a few KiB, and the bound turns a
+// device such as /dev/zero passed by mistake into an error instead of a
+// read that exhausts memory.
+const maxSmallFileSize = 1 << 20
+
+// readSmallFile reads path like os.ReadFile but fails when the file holds
+// more than maxSmallFileSize bytes.
+func readSmallFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	data, err := io.ReadAll(io.LimitReader(f, maxSmallFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxSmallFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes: pass the file itself, not a device or a log", path, maxSmallFileSize)
+	}
+	return data, nil
+}
+
 // newFlagSet returns a flag set that reports errors instead of exiting, and
 // prints the summary line and the flags for --help.
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
@@ -110,14 +138,24 @@ func setupLogging(stderr io.Writer) {
 func main() {
 	setupLogging(os.Stderr)
 	err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := exitCode(err)
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+// exitCode maps the error of run to the exit status: 0 for success and
+// --help, 2 for a mistake in the command line, 1 for every other failure.
+// Reader options and TPM specs come only from flags, so their errors are
+// command-line mistakes too.
+func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
-		os.Exit(2)
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, tpm.ErrInvalidSpec), errors.Is(err, imalog.ErrInvalidOptions):
+		return 2
 	default:
-		fmt.Fprintf(os.Stderr, "imashard: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
 }

@@ -47,7 +47,7 @@ func runQuote(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runQuoteVerify(args[1:], stdin, stdout, stderr)
 	}
 
-	fs := newFlagSet("quote", "quote --nonce HEX --pcr N,... [--bank ALG,...] --out DIR [--alg ecc|rsa] [--handle HANDLE] [--tpm SPEC]\n       imashard quote verify --ak PEM --nonce HEX --pcrs FILE DIR", stderr)
+	fs := newFlagSet("quote", "quote --nonce HEX --pcr N,... [--bank ALG,...] --out DIR [--alg ecc|rsa] [--handle HANDLE] [--tpm SPEC]\n       imashard quote verify --ak PEM --nonce HEX [--pcrs FILE] [--json] DIR", stderr)
 	tpmSpec := addTPMFlag(fs)
 	ak := addAKFlags(fs)
 	nonceHex := fs.String("nonce", "", "qualifying data for the quote in hex, from the verifier (at most the TPM's limit, 66 bytes on TPMs with SHA-512)")
@@ -182,11 +182,11 @@ func runQuoteVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	attest, err := os.ReadFile(filepath.Join(dir, quoteMessageFile))
+	attest, err := readSmallFile(filepath.Join(dir, quoteMessageFile))
 	if err != nil {
 		return fmt.Errorf("reading the quote message: %w", err)
 	}
-	sig, err := os.ReadFile(filepath.Join(dir, quoteSignatureFile))
+	sig, err := readSmallFile(filepath.Join(dir, quoteSignatureFile))
 	if err != nil {
 		return fmt.Errorf("reading the quote signature: %w", err)
 	}
@@ -243,7 +243,7 @@ type quoteInfoJSON struct {
 
 // readAKPublic reads a PEM public key or a TPM2B_PUBLIC.
 func readAKPublic(path string) (crypto.PublicKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := readSmallFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading the AK public key: %w", err)
 	}
@@ -263,7 +263,7 @@ func readAKPublic(path string) (crypto.PublicKey, error) {
 
 // readPCRFile reads imashard's PCR JSON or a tpm2-tools serialized PCR file.
 func readPCRFile(path string) (pcr.Values, error) {
-	data, err := os.ReadFile(path)
+	data, err := readSmallFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading PCR values: %w", err)
 	}

@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
@@ -33,25 +29,9 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func readAKPEM(path string) (crypto.PublicKey, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read AK public key: %w", err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "PUBLIC KEY" {
-		return nil, fmt.Errorf("%s: no PEM \"PUBLIC KEY\" block: pass the AK public key as written by imashard export or tpm2_readpublic -f pem", path)
-	}
-	key, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: parse AK public key: %w", path, err)
-	}
-	return key, nil
-}
-
 func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "verify --ak PEM DIR [--live [--tpm SPEC] [--log FILE]] [--trusted-start FILE] [--json]", stderr)
-	akPath := fs.String("ak", "", "pinned AK public key, PEM `file`; required")
+	akPath := fs.String("ak", "", "pinned AK public key: a PEM `file` (PUBLIC KEY) or a TPM2B_PUBLIC file such as ak.pub from imashard ak export; required")
 	live := fs.Bool("live", false, "also quote the TPM over a random nonce and replay the live log from the chain's end")
 	trusted := fs.String("trusted-start", "", "PCR values `file` the first shard may start from instead of the TPM reset state (sysfs, evmctl or tpm2_pcrread format)")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
@@ -68,7 +48,7 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: want exactly one chain directory, got %d arguments", errUsage, len(positional))
 	}
 
-	key, err := readAKPEM(*akPath)
+	key, err := readAKPublic(*akPath)
 	if err != nil {
 		return err
 	}

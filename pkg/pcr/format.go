@@ -28,6 +28,30 @@ var ErrInvalidPCRFile = errors.New("invalid PCR value file")
 // logs may name higher indexes that no TPM extends.
 const maxPCRIndex = 1 << 16
 
+// maxValuesFileSize bounds the bytes read from one PCR value file, so that a
+// device such as /dev/zero passed by mistake fails instead of exhausting
+// memory. tpm2_pcrread output for 24 PCRs in four banks is under 10 KiB.
+const maxValuesFileSize = 1 << 20
+
+// readBoundedFile reads path like os.ReadFile but fails when the file holds
+// more than maxValuesFileSize bytes.
+func readBoundedFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	data, err := io.ReadAll(io.LimitReader(f, maxValuesFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxValuesFileSize {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes, so it is not a PCR value file", ErrInvalidPCRFile, path, maxValuesFileSize)
+	}
+	return data, nil
+}
+
 // ReadSysfs reads PCR values from sysfs: a TPM directory such as
 // /sys/class/tpm/tpm0 (every pcr-<alg> directory in it), one pcr-<alg>
 // directory, or one pcr-<alg>/<n> file. Banks and indexes, when not empty,
@@ -100,7 +124,7 @@ func sysfsBank(name string) (Alg, error) {
 }
 
 func readSysfsFile(v Values, alg Alg, index int, path string) error {
-	data, err := os.ReadFile(path)
+	data, err := readBoundedFile(path)
 	if err != nil {
 		return fmt.Errorf("read PCR values: %w", err)
 	}
@@ -262,7 +286,7 @@ func ReadValuesFile(path string) (Values, error) {
 	if info.IsDir() || strings.HasPrefix(filepath.Base(filepath.Dir(path)), "pcr-") {
 		return ReadSysfs(path, nil, nil)
 	}
-	data, err := os.ReadFile(path)
+	data, err := readBoundedFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read PCR values: %w", err)
 	}

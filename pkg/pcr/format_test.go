@@ -189,3 +189,22 @@ func TestReadValuesFileDetectsFormat(t *testing.T) {
 		t.Errorf("evmctl file: %v, %v", v, err)
 	}
 }
+
+func TestReadValuesFileRejectsOversizedFile(t *testing.T) {
+	// Each line is a valid evmctl line, so only the size bound rejects the
+	// file. The same bound keeps /dev/zero from exhausting memory.
+	line := "PCR-10: " + strings.Repeat("ab", 20) + "\n"
+	data := strings.Repeat(line, (2<<20)/len(line))
+	path := filepath.Join(t.TempDir(), "pcrs.evm")
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := ReadValuesFile("sha1," + path)
+	if !errors.Is(err, ErrInvalidPCRFile) {
+		t.Fatalf("ReadValuesFile of %d bytes: err = %v, want ErrInvalidPCRFile", len(data), err)
+	}
+	if !strings.Contains(err.Error(), path) {
+		t.Errorf("error %q does not name the file", err)
+	}
+}

@@ -2,6 +2,8 @@ package shard
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +43,31 @@ type chainEnd struct {
 	ResetCount uint32
 	Clock      uint64
 	Tail       Section // the last shard's tail, which the live list must repeat
+
+	// The last shard's quote and what it signs, for checkQuote.
+	AKPublic       []byte
+	Quote          *tpm.Quote
+	QualifyingData []byte
+	Quoted         pcr.Values
+}
+
+// checkQuote verifies the last shard's quote with ak. A snapshot runs it
+// before linking a new shard, because a shard linked to a corrupt or foreign
+// predecessor can never verify.
+func (e *chainEnd) checkQuote(ak crypto.PublicKey) error {
+	key, _, err := tpm.ParseAKPublic(e.AKPublic)
+	if err != nil {
+		return fmt.Errorf("shard %s: %w: AK public area: %v", e.File, ErrMalformed, err)
+	}
+	own, ok := ak.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !own.Equal(key) {
+		return fmt.Errorf("shard %s: %w: its AK differs from the AK of this snapshot", e.File, ErrWrongAK)
+	}
+
+	if _, err := tpm.VerifyQuote(ak, e.Quote, e.QualifyingData, e.Quoted); err != nil {
+		return fmt.Errorf("shard %s: quote does not verify: %w", e.File, err)
+	}
+	return nil
 }
 
 func rulesFromNames(names map[pcr.Alg]string) map[pcr.Alg]replay.Rule {
@@ -177,6 +204,7 @@ func readChainEnd(dir string) (*chainEnd, error) {
 	if err != nil {
 		return nil, err
 	}
+	qualifyingData := sha256.Sum256(sf.HeaderBytes)
 
 	return &chainEnd{
 		Sequence:   h.Sequence,
@@ -191,6 +219,11 @@ func readChainEnd(dir string) (*chainEnd, error) {
 		ResetCount: info.ResetCount,
 		Clock:      info.Clock,
 		Tail:       h.Tail,
+
+		AKPublic:       h.AKPublic,
+		Quote:          &tpm.Quote{Attest: sf.Trailer.Attest, Signature: sf.Trailer.Signature},
+		QualifyingData: qualifyingData[:],
+		Quoted:         quotedValues(h.End),
 	}, nil
 }
 

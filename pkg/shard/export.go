@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -66,6 +67,19 @@ func ExportTPM2Tools(shardPath, outDir string) (*Export, error) {
 	nonce := sha256.Sum256(sf.HeaderBytes)
 	ex.QualificationHex = hex.EncodeToString(nonce[:])
 
+	evmctlBanks := exportedEvmctlBanks(h.End)
+	targets := []string{ex.Message, ex.Signature, ex.AKPEM, ex.PCRs, ex.Qualification, ex.Measurements}
+	for _, alg := range evmctlBanks {
+		targets = append(targets, evmctlPath(outDir, alg))
+	}
+	// Checking every name before writing the first one keeps a second
+	// export into the same directory from leaving a mix of two shards.
+	for _, path := range targets {
+		if _, err := os.Lstat(path); err == nil {
+			return nil, fmt.Errorf("export shard %s: %s: %w: choose an empty or new directory", shardPath, path, fs.ErrExist)
+		}
+	}
+
 	files := map[string][]byte{
 		ex.Message:       sf.Trailer.Attest,
 		ex.Signature:     sf.Trailer.Signature,
@@ -73,7 +87,7 @@ func ExportTPM2Tools(shardPath, outDir string) (*Export, error) {
 		ex.Qualification: nonce[:],
 	}
 	for path, data := range files {
-		if err := os.WriteFile(path, data, 0o644); err != nil {
+		if err := writeNewFile(path, data); err != nil {
 			return nil, fmt.Errorf("export: %w", err)
 		}
 	}
@@ -84,20 +98,50 @@ func ExportTPM2Tools(shardPath, outDir string) (*Export, error) {
 	if err := copySection(ex.Measurements, sf.Entries()); err != nil {
 		return nil, err
 	}
-	for _, alg := range h.End.Banks() {
-		// evmctl 1.4 reads only sha1 and sha256 PCR files. For other banks
-		// it prints "Failed to read any TPM PCRs" and still exits 0, so a
-		// file for them would look like a passed check.
-		if alg != pcr.SHA1 && alg != pcr.SHA256 {
-			continue
-		}
-		path := filepath.Join(outDir, "pcrs-"+alg.String()+".txt")
+	for _, alg := range evmctlBanks {
+		path := evmctlPath(outDir, alg)
 		if err := writeEvmctlFile(path, h.End, alg); err != nil {
 			return nil, err
 		}
 		ex.EvmctlPCRs[alg.String()] = path
 	}
 	return ex, nil
+}
+
+// exportedEvmctlBanks returns the banks of end that get an evmctl PCR file.
+// evmctl 1.4 reads only sha1 and sha256 PCR files. For other banks it prints
+// "Failed to read any TPM PCRs" and still exits 0, so a file for them would
+// look like a passed check.
+func exportedEvmctlBanks(end pcr.Values) []pcr.Alg {
+	var banks []pcr.Alg
+	for _, alg := range end.Banks() {
+		if alg == pcr.SHA1 || alg == pcr.SHA256 {
+			banks = append(banks, alg)
+		}
+	}
+	return banks
+}
+
+func evmctlPath(outDir string, alg pcr.Alg) string {
+	return filepath.Join(outDir, "pcrs-"+alg.String()+".txt")
+}
+
+// createNew creates path and fails with fs.ErrExist when it exists, so an
+// export never replaces a file.
+func createNew(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+}
+
+func writeNewFile(path string, data []byte) error {
+	f, err := createNew(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // writePCRFile writes the values in the quote's bank order, which is the
@@ -107,7 +151,7 @@ func writePCRFile(path string, info *tpm.QuoteInfo, end pcr.Values) error {
 	for _, alg := range info.Banks {
 		indexes = append(indexes, info.Selection[alg]...)
 	}
-	f, err := os.Create(path)
+	f, err := createNew(path)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -132,7 +176,7 @@ func writeEvmctlFile(path string, v pcr.Values, alg pcr.Alg) error {
 	}
 	v = full
 
-	f, err := os.Create(path)
+	f, err := createNew(path)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -144,7 +188,7 @@ func writeEvmctlFile(path string, v pcr.Values, alg pcr.Alg) error {
 }
 
 func copySection(path string, r io.Reader) error {
-	f, err := os.Create(path)
+	f, err := createNew(path)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}

@@ -2,6 +2,8 @@ package shard
 
 import (
 	"bytes"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,5 +70,41 @@ func TestExportChecksWithTPM2ToolsAndEvmctl(t *testing.T) {
 	}
 	if out, err := exec.Command("evmctl", "ima_measurement", "--pcrs", "sha1,"+wrongPCRs, ex.Measurements).CombinedOutput(); err == nil {
 		t.Errorf("evmctl accepted PCR values the entries do not reach:\n%s", out)
+	}
+}
+
+func TestExportKeepsExistingFiles(t *testing.T) {
+	env := newTestEnv(t)
+	env.measure(readTestEntries(t, "sha1.log.bin")[:5]...)
+	res, err := env.snapshot(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	exportDir := t.TempDir()
+	unrelated := []byte("an unrelated file the user keeps here\n")
+	existing := filepath.Join(exportDir, "quote.msg")
+	if err := os.WriteFile(existing, unrelated, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = ExportTPM2Tools(res.Path, exportDir)
+	if !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("export over %s: err = %v, want fs.ErrExist", existing, err)
+	}
+	if got, _ := os.ReadFile(existing); !bytes.Equal(got, unrelated) {
+		t.Errorf("%s was replaced: %q", existing, got)
+	}
+	if names, _ := os.ReadDir(exportDir); len(names) != 1 {
+		t.Errorf("the failed export left %d files in %s, want only the existing one", len(names), exportDir)
+	}
+
+	// A second export of a complete export directory fails the same way.
+	fresh := t.TempDir()
+	if _, err := ExportTPM2Tools(res.Path, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ExportTPM2Tools(res.Path, fresh); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("second export into %s: err = %v, want fs.ErrExist", fresh, err)
 	}
 }

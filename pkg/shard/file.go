@@ -43,6 +43,9 @@ func decodeFile(f *os.File, path string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: not a regular file (mode %s): pass a shard-NNNNNNNNNN.ims file", ErrMalformed, info.Mode())
+	}
 	size := info.Size()
 
 	prefix := make([]byte, prefixSize)

@@ -2,12 +2,17 @@ package shard
 
 import (
 	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/imashard/imashard/pkg/pcr"
@@ -426,5 +431,36 @@ func TestOpenListReportsMissingIMA(t *testing.T) {
 	_, err = openList(filepath.Join(t.TempDir(), "missing"))
 	if err == nil || errors.Is(err, ErrNoMeasurementList) {
 		t.Errorf("missing --log file: %v, want a plain not-found error", err)
+	}
+}
+
+func TestOpenRejectsNonRegularFile(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Open(dir)
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Open(%s): err = %v, want ErrMalformed", dir, err)
+	}
+	if !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("error %q does not say the path is not a regular file", err)
+	}
+}
+
+func TestVerifyNamesDamagedShardOnce(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName(0))
+	if err := os.WriteFile(path, []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = Verify(context.Background(), VerifyOptions{Dir: dir, AKPublic: &key.PublicKey})
+	if !errors.Is(err, ErrTruncated) {
+		t.Fatalf("Verify of an 8-byte shard: err = %v, want ErrTruncated", err)
+	}
+	if n := strings.Count(err.Error(), path); n != 1 {
+		t.Errorf("error %q names %s %d times, want once", err, path, n)
 	}
 }

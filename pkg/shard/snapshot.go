@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"time"
@@ -70,8 +71,15 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	list.Close()
-	if info, err := os.Stat(opts.Dir); err != nil || !info.IsDir() {
-		return nil, fmt.Errorf("snapshot: chain directory %q: not a directory (create it first): %v", opts.Dir, err)
+	info, err := os.Stat(opts.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("snapshot: chain directory %q does not exist: create it first", opts.Dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: chain directory: %w", err)
+	}
+	if !info.IsDir() {
+		return nil, fmt.Errorf("snapshot: chain directory %q is not a directory (mode %s)", opts.Dir, info.Mode())
 	}
 
 	lock, err := lockDir(opts.Dir)
@@ -94,6 +102,11 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	end, err := readChainEnd(opts.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if end != nil {
+		if err := end.checkQuote(opts.AK.PublicKey); err != nil {
+			return nil, fmt.Errorf("snapshot: a new shard would extend a chain that cannot verify: %w: run imashard verify on %s, and move the chain aside to start a new one", err, opts.Dir)
+		}
 	}
 	bootID, err := readBootID(opts.BootID)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -715,5 +716,70 @@ func TestSnapshotAcrossKexec(t *testing.T) {
 	}
 	if report.Final.NextIndex != 60 || report.Live.Attested != 0 {
 		t.Errorf("verified up to %d with %d live entries, want 60 and 0", report.Final.NextIndex, report.Live.Attested)
+	}
+}
+
+func TestSnapshotRejectsCorruptChainEnd(t *testing.T) {
+	env := newTestEnv(t)
+	entries := readTestEntries(t, "sha1.log.bin")[:20]
+	env.measure(entries[:10]...)
+	first, err := env.snapshot(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The last byte of a shard is in the quote's signature, which the
+	// structural checks of the chain end do not read.
+	data, err := os.ReadFile(first.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)-1] ^= 0x01
+	if err := os.WriteFile(first.Path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	env.measure(entries[10:]...)
+	_, err = env.snapshot(false)
+	if !errors.Is(err, tpm.ErrBadSignature) {
+		t.Fatalf("snapshot after a corrupt shard: err = %v, want tpm.ErrBadSignature", err)
+	}
+	files, err := ListChain(env.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 1 {
+		t.Errorf("chain has %d shards after the rejected snapshot, want 1", len(files))
+	}
+}
+
+func TestSnapshotChainDirectoryErrors(t *testing.T) {
+	env := newTestEnv(t)
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]struct {
+		dir  string
+		want string
+	}{
+		"regular file": {notDir, "is not a directory"},
+		"missing":      {filepath.Join(t.TempDir(), "none"), "does not exist: create it first"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Snapshot(context.Background(), SnapshotOptions{
+				Dir: c.dir, LogPath: env.logPath, TPM: env.tpm, AK: env.ak, BootID: "test-boot-1",
+			})
+			if err == nil {
+				t.Fatalf("snapshot into %s succeeded", c.dir)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "<nil>") {
+				t.Errorf("error %q prints a nil error", err)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -179,8 +180,15 @@ func (v *verifier) pass(sr *ShardReport, name, detail string) {
 func (v *verifier) verifyShard(cf ChainFile) error {
 	sr := &ShardReport{File: cf.Path, Sequence: cf.Sequence}
 
-	sf, err := Open(cf.Path)
+	// fail names the file, so the decode error must not name it again as
+	// Open's does.
+	f, err := os.Open(cf.Path)
 	if err != nil {
+		return v.fail(sr, "decode", err)
+	}
+	sf, err := decodeFile(f, cf.Path)
+	if err != nil {
+		f.Close()
 		return v.fail(sr, "decode", err)
 	}
 	defer sf.Close()

@@ -38,6 +38,10 @@ type rawTPM interface {
 	io.Closer
 }
 
+// ErrInvalidSpec marks a TPM spec that names no transport or has a malformed
+// address, which is a mistake in the command line rather than a TPM failure.
+var ErrInvalidSpec = errors.New("invalid TPM spec")
+
 // openTransport parses spec and connects. It reports whether the transport
 // has a resource manager in front of the TPM.
 func openTransport(spec string) (rawTPM, bool, error) {
@@ -49,7 +53,7 @@ func openTransport(spec string) (rawTPM, bool, error) {
 	case strings.HasPrefix(spec, "unix:"):
 		path := strings.TrimPrefix(spec, "unix:")
 		if path == "" {
-			return nil, false, fmt.Errorf("TPM spec %q: missing socket path after unix:", spec)
+			return nil, false, fmt.Errorf("%w %q: missing socket path after unix:", ErrInvalidSpec, spec)
 		}
 		s := &streamTPM{network: "unix", addr: path}
 		return s, false, s.connect()
@@ -57,7 +61,7 @@ func openTransport(spec string) (rawTPM, bool, error) {
 	case strings.HasPrefix(spec, "tcp:"):
 		addr := strings.TrimPrefix(spec, "tcp:")
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, false, fmt.Errorf("TPM spec %q: expected tcp:HOST:PORT: %w", spec, err)
+			return nil, false, fmt.Errorf("%w %q: expected tcp:HOST:PORT: %v", ErrInvalidSpec, spec, err)
 		}
 		s := &streamTPM{network: "tcp", addr: addr}
 		return s, false, s.connect()
@@ -68,7 +72,7 @@ func openTransport(spec string) (rawTPM, bool, error) {
 	case strings.HasPrefix(spec, "/"):
 		return openDevice(spec)
 	}
-	return nil, false, fmt.Errorf("TPM spec %q not recognized: use /dev/tpmrm0, /dev/tpm0, unix:PATH, tcp:HOST:PORT or mssim:HOST:PORT", spec)
+	return nil, false, fmt.Errorf("%w %q: use /dev/tpmrm0, /dev/tpm0, unix:PATH, tcp:HOST:PORT or mssim:HOST:PORT", ErrInvalidSpec, spec)
 }
 
 // deviceTPM is a Linux TPM character device. The driver executes the command
@@ -230,11 +234,11 @@ func openMSSim(spec string) (rawTPM, bool, error) {
 	addr := strings.TrimPrefix(spec, "mssim:")
 	host, portText, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, false, fmt.Errorf("TPM spec %q: expected mssim:HOST:PORT: %w", spec, err)
+		return nil, false, fmt.Errorf("%w %q: expected mssim:HOST:PORT: %v", ErrInvalidSpec, spec, err)
 	}
 	port, err := strconv.Atoi(portText)
 	if err != nil || port < 1 || port > 65534 {
-		return nil, false, fmt.Errorf("TPM spec %q: port %q must be a number from 1 to 65534", spec, portText)
+		return nil, false, fmt.Errorf("%w %q: port %q must be a number from 1 to 65534", ErrInvalidSpec, spec, portText)
 	}
 
 	// TODO: the mssim transport has not been run against a Microsoft or IBM
