@@ -62,7 +62,7 @@ func (c Covered) at(index int64) ([]byte, bool) {
 // SplitFunc splits a binary measurement list into raw entries.
 type SplitFunc func(list []byte) ([][]byte, error)
 
-// Options configures Trim and Recover.
+// Options configures Trim.
 type Options struct {
 	Dir   string         // chain directory that holds the shards and the state file
 	FS    *securityfs.FS // the live securityfs
