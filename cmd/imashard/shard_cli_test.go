@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -171,5 +172,32 @@ func TestVerifyHelpExitsZero(t *testing.T) {
 		if !bytes.Contains(stderr.Bytes(), []byte("usage: imashard "+name)) {
 			t.Errorf("%s --help does not print its usage:\n%s", name, stderr.String())
 		}
+	}
+}
+
+func TestSnapshotWithoutNewEntries(t *testing.T) {
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+
+	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
+	logPath := filepath.Join(t.TempDir(), "binary_runtime_measurements")
+	dir := t.TempDir()
+	measureInto(t, inst.Spec(), src, logPath, 0, 20)
+	if _, err := runCLI(t, "snapshot", "--dir", dir, "--log", logPath, "--tpm", inst.Spec()); err != nil {
+		t.Fatalf("first snapshot: %v", err)
+	}
+
+	out, err := runCLI(t, "snapshot", "--dir", dir, "--log", logPath, "--tpm", inst.Spec())
+	if err != nil {
+		t.Fatalf("second snapshot: %v", err)
+	}
+	if !strings.Contains(out, "no new entries since history index 20") {
+		t.Errorf("snapshot without new entries printed %q, want it to say there were none since index 20", out)
 	}
 }

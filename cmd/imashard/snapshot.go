@@ -76,7 +76,7 @@ type tpmAKFlags struct {
 
 func addTPMAKFlags(fs *flag.FlagSet) *tpmAKFlags {
 	return &tpmAKFlags{
-		tpm:    fs.String("tpm", "", "TPM `spec`: /dev/tpmrm0 (default), /dev/tpm0, unix:PATH (swtpm socket) or tcp:HOST:PORT"),
+		tpm:    fs.String("tpm", "", tpmFlagHelp+" (default /dev/tpmrm0)"),
 		alg:    fs.String("ak-alg", "ecc", "AK algorithm when the AK is derived: ecc (NIST P-256) or rsa (RSA-2048)"),
 		handle: fs.String("ak-handle", "", "persistent AK `handle` such as 0x81010002 (default: derive the AK from the endorsement hierarchy)"),
 	}
@@ -209,8 +209,13 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		}
 		return enc.Encode(out)
 	}
-	fmt.Fprintf(stdout, "%s: shard %d, entries %d to %d (%d), tail %d\n",
-		res.Path, res.Sequence, res.FirstIndex, res.FirstIndex+res.Entries-1, res.Entries, res.TailEntries)
+	if res.Entries == 0 {
+		fmt.Fprintf(stdout, "%s: shard %d, no new entries since history index %d, tail %d\n",
+			res.Path, res.Sequence, res.FirstIndex, res.TailEntries)
+	} else {
+		fmt.Fprintf(stdout, "%s: shard %d, entries %d to %d (%d), tail %d\n",
+			res.Path, res.Sequence, res.FirstIndex, res.FirstIndex+res.Entries-1, res.Entries, res.TailEntries)
+	}
 	if trimmed != nil {
 		fmt.Fprintf(stdout, "trimmed %d entries; the kernel's list now starts at history index %d and has %d entries\n",
 			trimmed.Deleted, trimmed.LiveStart, trimmed.KernelCount)
