@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs every Fuzz target in the module for the given time each (default 10s).
+# Runs every Fuzz target in the module with the given -fuzztime each: a
+# duration such as 10s or an execution count such as 50000x (the default).
 # go test accepts -fuzz for one package and one target at a time, so this
 # lists them and runs them one after another.
 set -euo pipefail
 
-fuzztime=${1:-10s}
+fuzztime=${1:-50000x}
 cd "$(dirname "$0")/.."
 
 found=0
