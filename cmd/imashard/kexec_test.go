@@ -79,7 +79,8 @@ func TestKexecDryRunCarriesChain(t *testing.T) {
 		var res struct {
 			Covered int64 `json:"covered_entries"`
 			Steps   []struct {
-				Name string `json:"name"`
+				Name     string `json:"name"`
+				Duration int64  `json:"duration_ns"`
 			} `json:"steps"`
 		}
 		if err := json.Unmarshal([]byte(stdout), &res); err != nil {
@@ -88,8 +89,12 @@ func TestKexecDryRunCarriesChain(t *testing.T) {
 		if res.Covered != int64(cut[1]) {
 			t.Errorf("dry run %d covers %d entries, want the whole log of %d", i, res.Covered, cut[1])
 		}
-		if len(res.Steps) != 3 || res.Steps[1].Name != "snapshot" || res.Steps[2].Name != "build initrd" {
-			t.Errorf("dry run %d steps = %+v, want reading, snapshot and build initrd", i, res.Steps)
+		if len(res.Steps) != 4 || !strings.HasPrefix(res.Steps[1].Name, "snapshot: TPM") ||
+			!strings.HasPrefix(res.Steps[2].Name, "snapshot: read log") || res.Steps[3].Name != "build initrd" {
+			t.Errorf("dry run %d steps = %+v, want reading, the snapshot's TPM part and log part, and build initrd", i, res.Steps)
+		}
+		if len(res.Steps) == 4 && res.Steps[1].Duration <= 0 {
+			t.Errorf("dry run %d: TPM time %v, want a positive duration", i, res.Steps[1].Duration)
 		}
 
 		initrd, err := os.ReadFile(out)

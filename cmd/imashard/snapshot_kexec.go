@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/imashard/imashard/pkg/handoff"
 	"github.com/imashard/imashard/pkg/imalog"
@@ -14,8 +15,9 @@ import (
 // ends at a fresh quote, with the entries past the quoted state as its tail,
 // and every shard of the chain as files for the next boot. The count it
 // returns is in this boot's live list, comparable with
-// runtime_measurements_count.
-func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.Options) handoff.Snapshot {
+// runtime_measurements_count. It adds the time spent opening the TPM,
+// loading the AK, reading PCRs and quoting to *tpmTime.
+func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.Options, tpmTime *time.Duration) handoff.Snapshot {
 	return func(ctx context.Context) ([]handoff.File, int64, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, 0, fmt.Errorf("create chain directory: %w", err)
@@ -26,7 +28,9 @@ func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.O
 		if err != nil {
 			return nil, 0, err
 		}
+		openStart := time.Now()
 		t, ak, closeTPM, err := akf.open()
+		*tpmTime += time.Since(openStart)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -38,6 +42,7 @@ func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.O
 		if err != nil {
 			return nil, 0, err
 		}
+		*tpmTime += res.TPMTime
 
 		// The shard's indexes count from the last TPM reset; the kernel's
 		// count starts at this boot's first entry.

@@ -49,6 +49,9 @@ type SnapshotResult struct {
 	// list, so FirstIndex+Entries+TailEntries-BootFirstIndex entries of the
 	// live list are in the chain.
 	BootFirstIndex int64
+	// TPMTime is the time spent in TPM commands (PCR reads and the quote),
+	// so callers can tell it apart from reading the log and writing files.
+	TPMTime time.Duration
 }
 
 // Snapshot cuts the next shard from the live log and writes it to opts.Dir.
@@ -130,6 +133,15 @@ type snapshotter struct {
 	bootID    string
 	bootFirst int64
 	start     pcr.Values
+	tpmTime   time.Duration
+}
+
+// readPCRs reads the PCRs and adds the time to tpmTime.
+func (s *snapshotter) readPCRs(indexes []int) (pcr.Values, error) {
+	start := time.Now()
+	values, err := s.opts.TPM.ReadPCRs(s.banks, indexes)
+	s.tpmTime += time.Since(start)
+	return values, err
 }
 
 func (s *snapshotter) firstIndex() int64 {
@@ -156,7 +168,7 @@ func (s *snapshotter) startValues() pcr.Values {
 
 func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 	indexes := quotedIndexes(s.start)
-	target, err := s.opts.TPM.ReadPCRs(s.banks, indexes)
+	target, err := s.readPCRs(indexes)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: read PCRs: %w", err)
 	}
@@ -183,7 +195,7 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 			}
 			indexes = grown
 			slog.Info("new PCR indexes in the log, reading PCRs again", "indexes", indexes)
-			if target, err = s.opts.TPM.ReadPCRs(s.banks, indexes); err != nil {
+			if target, err = s.readPCRs(indexes); err != nil {
 				return nil, fmt.Errorf("snapshot: read PCRs: %w", err)
 			}
 			continue
@@ -195,7 +207,7 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 			// a moment. Read the PCRs again before giving up.
 			slog.Info("no log prefix matches the PCRs yet, reading them again", "attempt", attempt, "err", scan.noMatch)
 			time.Sleep(time.Duration(attempt) * 20 * time.Millisecond)
-			if target, err = s.opts.TPM.ReadPCRs(s.banks, indexes); err != nil {
+			if target, err = s.readPCRs(indexes); err != nil {
 				return nil, fmt.Errorf("snapshot: read PCRs: %w", err)
 			}
 			continue

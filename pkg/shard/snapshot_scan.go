@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
@@ -227,13 +228,15 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 	// hold still until the quote, which matters when the kernel measures
 	// continuously.
 	nonce := sha256.Sum256(header)
+	quoteStart := time.Now()
 	quote, err := s.opts.TPM.Quote(s.opts.AK, nonce[:], s.banks, indexes)
+	s.tpmTime += time.Since(quoteStart)
 	if err != nil {
 		return nil, nil, fmt.Errorf("snapshot: quote: %w", err)
 	}
 	info, err := tpm.VerifyQuote(s.opts.AK.PublicKey, quote, nonce[:], target)
 	if errors.Is(err, tpm.ErrPCRDigestMismatch) {
-		moved, err := s.opts.TPM.ReadPCRs(s.banks, indexes)
+		moved, err := s.readPCRs(indexes)
 		if err != nil {
 			return nil, nil, fmt.Errorf("snapshot: read PCRs: %w", err)
 		}
@@ -269,6 +272,7 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 		TailEntries:    sp.tail.Count,
 		End:            target,
 		BootFirstIndex: s.bootFirst,
+		TPMTime:        s.tpmTime,
 	}
 	slog.Info("snapshot written", "path", path, "sequence", seq, "first_index", res.FirstIndex, "entries", res.Entries, "tail", res.TailEntries, "pending", scan.count-res.Entries-res.TailEntries)
 	return res, nil, nil
