@@ -237,7 +237,7 @@ func decodeDigest(data []byte, typed bool) (*Digest, string) {
 	prefix := string(data[:nul])
 	digest := data[nul+1:]
 	colon := strings.LastIndexByte(prefix, ':')
-	if colon != len(prefix)-1 {
+	if colon < 0 || colon != len(prefix)-1 {
 		return &Digest{Digest: digest}, fmt.Sprintf("digest prefix %q does not end with ':'", prefix)
 	}
 	d := &Digest{Algo: prefix[:colon], Digest: digest}
