@@ -32,7 +32,7 @@ imashard log replay --json --tpm /dev/tpmrm0
 echo "@@imashard-end replay-tpm"
 
 echo "@@imashard-begin ima-files"
-ls /sys/kernel/security/ima
+ls /sys/kernel/security/ima/
 echo "@@imashard-end ima-files"
 `
 
