@@ -262,10 +262,9 @@ func bootFirstIndex(end *chainEnd, bootID string) int64 {
 		return end.BootFirst
 	default:
 		// Kernels without CONFIG_IMA_KEXEC (Debian's) start an empty list at
-		// kexec, so the new list begins where the chain ends.
-		// TODO: a kernel with CONFIG_IMA_KEXEC carries the old list across
-		// kexec, and Linux 7.2 with CONFIG_IMA_STAGING can trim the list's
-		// head. Both need the live list matched against the chain.
+		// kexec, so the new list begins where the chain ends. Callers that
+		// know better, after a carried-over or trimmed list, pass
+		// LiveFirstIndex instead (pkg/trim's Reconcile computes it).
 		return end.EndIndex
 	}
 }
