@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/hex"
 	"testing"
+
+	"github.com/imashard/imashard/pkg/swtpm"
 )
 
 func mustDecodeHex(t *testing.T, s string) []byte {
@@ -12,4 +14,19 @@ func mustDecodeHex(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// startSWTPM starts a swtpm on a socket in a temporary directory and stops
+// it when the test ends. The test is skipped when swtpm is not installed.
+func startSWTPM(t *testing.T) *swtpm.Instance {
+	t.Helper()
+	if err := swtpm.Available(); err != nil {
+		t.Skipf("swtpm not installed: %v", err)
+	}
+	inst, err := swtpm.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Stop() })
+	return inst
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/imashard/imashard/pkg/shard"
-	"github.com/imashard/imashard/pkg/swtpm"
 )
 
 // TestOversizedInputFilesRejected passes a 2 MiB file where a key, quote or
@@ -150,14 +149,7 @@ func TestAKUnknownSubcommand(t *testing.T) {
 }
 
 func TestBootFailureNamesFromDirectory(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	work := t.TempDir()
 	from := filepath.Join(work, "carried")
@@ -185,14 +177,7 @@ func TestBootFailureNamesFromDirectory(t *testing.T) {
 }
 
 func TestVerifyAcceptsTPM2BPublicAK(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	work := t.TempDir()
 	enroll := filepath.Join(work, "enroll")

@@ -12,7 +12,6 @@ import (
 
 	"github.com/imashard/imashard/pkg/handoff"
 	"github.com/imashard/imashard/pkg/shard"
-	"github.com/imashard/imashard/pkg/swtpm"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -43,14 +42,7 @@ func appendedFiles(t *testing.T, initrd, base []byte) map[string][]byte {
 }
 
 func TestKexecDryRunCarriesChain(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	work := t.TempDir()
 	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
@@ -140,14 +132,7 @@ func TestKexecFlagErrors(t *testing.T) {
 }
 
 func TestBootWithoutShardsChecksReplay(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	work := t.TempDir()
 	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")

@@ -10,7 +10,6 @@ import (
 
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
-	"github.com/imashard/imashard/pkg/swtpm"
 	"github.com/imashard/imashard/pkg/tpm"
 )
 
@@ -54,14 +53,7 @@ func extendLikeKernel(t *testing.T, spec, list string, n int) {
 }
 
 func TestLogReplayAgainstSwtpm(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	// The TPM has seen 300 of the 362 entries: the list is ahead of it.
 	list := testdata + "ibmtss__utils_sha1.log.bin"

@@ -13,7 +13,6 @@ import (
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/shard"
-	"github.com/imashard/imashard/pkg/swtpm"
 	"github.com/imashard/imashard/pkg/tpm"
 )
 
@@ -76,14 +75,7 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 }
 
 func TestSnapshotExportVerifyCommands(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
 	logPath := filepath.Join(t.TempDir(), "binary_runtime_measurements")
@@ -176,14 +168,7 @@ func TestVerifyHelpExitsZero(t *testing.T) {
 }
 
 func TestSnapshotWithoutNewEntries(t *testing.T) {
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
+	inst := startSWTPM(t)
 
 	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
 	logPath := filepath.Join(t.TempDir(), "binary_runtime_measurements")
