@@ -89,19 +89,19 @@ func ReadSysfs(path string, banks []Alg, indexes []int) (Values, error) {
 		if len(banks) > 0 && !containsAlg(banks, alg) {
 			continue
 		}
-		wanted := indexes
-		if len(wanted) == 0 {
+		requested := indexes
+		if len(requested) == 0 {
 			names, err := os.ReadDir(dir)
 			if err != nil {
 				return nil, fmt.Errorf("read PCR values: %w", err)
 			}
 			for _, n := range names {
 				if index, err := strconv.Atoi(n.Name()); err == nil && index >= 0 && index < maxPCRIndex {
-					wanted = append(wanted, index)
+					requested = append(requested, index)
 				}
 			}
 		}
-		for _, index := range wanted {
+		for _, index := range requested {
 			if err := readSysfsFile(v, alg, index, filepath.Join(dir, strconv.Itoa(index))); err != nil {
 				return nil, err
 			}

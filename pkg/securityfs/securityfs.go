@@ -26,7 +26,7 @@ import (
 	"github.com/imashard/imashard/pkg/pcr"
 )
 
-// DefaultMountPoint is where distributions and this package mount securityfs.
+// DefaultMountPoint is the usual securityfs mount point, where Open mounts securityfs when it finds none.
 const DefaultMountPoint = "/sys/kernel/security"
 
 // Retry bounds how often an operation is retried while the kernel reports

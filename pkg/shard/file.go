@@ -145,10 +145,10 @@ func (sf *File) CheckSections() error {
 			return fmt.Errorf("shard %s: read %s: %w", sf.Path, s.name, err)
 		}
 		if n != s.want.Size {
-			return fmt.Errorf("shard %s: %w: %s is %d bytes, header says %d", sf.Path, ErrTruncated, s.name, n, s.want.Size)
+			return fmt.Errorf("shard %s: %w: %s is %d bytes but the header records %d: the file is cut short or damaged; restore it from a copy", sf.Path, ErrTruncated, s.name, n, s.want.Size)
 		}
 		if got := h.Sum(nil); !equalBytes(got, s.want.Digest) {
-			return fmt.Errorf("shard %s: %w: %s SHA-256 is %x, header says %x", sf.Path, ErrHeaderMismatch, s.name, got, s.want.Digest)
+			return fmt.Errorf("shard %s: %w: %s SHA-256 is %x but the header records %x: the file was changed after the quote", sf.Path, ErrHeaderMismatch, s.name, got, s.want.Digest)
 		}
 	}
 	return nil

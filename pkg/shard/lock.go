@@ -72,7 +72,7 @@ func processRunning(pid int) bool {
 	return err == nil || errors.Is(err, unix.EPERM)
 }
 
-// unlock empties the PID before releasing, so the next holder sees a clean
+// unlock empties the PID before releasing, so the next holder finds a clean
 // lock file.
 func (l *dirLock) unlock() error {
 	if err := l.f.Truncate(0); err != nil {

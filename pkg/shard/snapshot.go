@@ -33,7 +33,7 @@ type SnapshotOptions struct {
 
 	// LiveFirstIndex is the history index of LogPath's first entry. Nil
 	// derives it from the boot ID, which is right only for a list that was
-	// never trimmed; after a trim pkg/trim's state file records it.
+	// never trimmed. After a trim, pkg/trim's state file records it.
 	LiveFirstIndex *int64
 }
 

@@ -31,7 +31,7 @@ func ReadCarry(dir string, st *State, split SplitFunc) ([][]byte, error) {
 	return entries, nil
 }
 
-// Live is what is left of the history outside the shards, in order: the
+// Live is the rest of the history outside the shards, in order: the
 // carried entries, the kernel's staged entries, then its current list.
 type Live struct {
 	Start int64  // history index of the first byte of Data's first entry
