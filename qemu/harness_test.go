@@ -27,10 +27,18 @@ type guest struct {
 
 func needGuest(t *testing.T) guest {
 	t.Helper()
-	g := guest{kernel: os.Getenv(kernelEnv), initramfs: os.Getenv(initramfsEnv)}
+	return loadGuest(t, kernelEnv, "QEMU scenario")
+}
+
+// loadGuest reads the kernel named by kernelVar and the initramfs, or skips
+// the test with a message naming `make test` when either is not set.
+func loadGuest(t *testing.T, kernelVar, scenario string) guest {
+	t.Helper()
+	g := guest{kernel: os.Getenv(kernelVar), initramfs: os.Getenv(initramfsEnv)}
 	if g.kernel == "" || g.initramfs == "" {
-		t.Skipf("QEMU scenario skipped: %s and %s are not set; run `make test` (or `make kernel initramfs` and set them)", kernelEnv, initramfsEnv)
+		t.Skipf("%s skipped: %s and %s are not set; run `make test` (or `make kernel initramfs` and set them)", scenario, kernelVar, initramfsEnv)
 	}
+
 	var err error
 	if g.kernelData, err = os.ReadFile(g.kernel); err != nil {
 		t.Fatalf("read kernel: %v", err)

@@ -23,18 +23,7 @@ const customKernelEnv = "IMASHARD_CUSTOM_KERNEL"
 
 func needCustomGuest(t *testing.T) guest {
 	t.Helper()
-	g := guest{kernel: os.Getenv(customKernelEnv), initramfs: os.Getenv(initramfsEnv)}
-	if g.kernel == "" || g.initramfs == "" {
-		t.Skipf("trim scenario skipped: %s and %s are not set; run `make test`", customKernelEnv, initramfsEnv)
-	}
-	var err error
-	if g.kernelData, err = os.ReadFile(g.kernel); err != nil {
-		t.Fatalf("read kernel: %v", err)
-	}
-	if g.initramfsData, err = os.ReadFile(g.initramfs); err != nil {
-		t.Fatalf("read initramfs: %v", err)
-	}
-	return g
+	return loadGuest(t, customKernelEnv, "trim scenario")
 }
 
 type snapshotOutput struct {

@@ -13,7 +13,7 @@ func runExport(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("export", "export --tpm2-tools OUTDIR SHARD [--json]", stderr)
 	outDir := fs.String("tpm2-tools", "", "output `directory` for the quote, AK PEM, PCR files and entries; created if missing, and the export fails rather than replace a file in it; required")
 	jsonOut := fs.Bool("json", false, "print the written file names as JSON")
-	positional, err := parseInterleaved(fs, args)
+	positional, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}

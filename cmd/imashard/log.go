@@ -321,22 +321,6 @@ func newEntryJSON(e *imalog.Entry, verifyErr error) entryJSON {
 	return out
 }
 
-// parseInterspersed parses flags that may follow positional arguments, as
-// in "log replay FILE --pcrs P", and returns the positional arguments.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := parseFlags(fs, args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return positional, nil
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
 func firstOrEmpty(list []string) string {
 	if len(list) == 0 {
 		return ""

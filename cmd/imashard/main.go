@@ -124,6 +124,24 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return fmt.Errorf("%w: %v", errUsage, err)
 }
 
+// parseInterspersed parses flags that may follow positional arguments, as
+// in "log replay FILE --pcrs P" or "verify DIR --live", where the flag
+// package alone stops at the first positional argument. It returns the
+// positional arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := parseFlags(fs, args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return positional, nil
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
 func setupLogging(stderr io.Writer) {
 	level := slog.LevelWarn
 	switch os.Getenv("IMASHARD_LOG") {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
@@ -13,22 +12,6 @@ import (
 	"github.com/imashard/imashard/pkg/shard"
 )
 
-// parseInterleaved parses flags that may follow positional arguments, as in
-// `verify DIR --live`, which the flag package alone stops at.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := parseFlags(fs, args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return positional, nil
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
 func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "verify --ak PEM DIR [--live [--tpm SPEC] [--log FILE]] [--trusted-start FILE] [--json]", stderr)
 	akPath := fs.String("ak", "", "pinned AK public key: a PEM `file` (PUBLIC KEY) or a TPM2B_PUBLIC file such as ak.pub from imashard ak export; required")
@@ -37,7 +20,7 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	lf := addLogFlags(fs)
 	af := addTPMAKFlags(fs)
-	positional, err := parseInterleaved(fs, args)
+	positional, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
