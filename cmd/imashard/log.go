@@ -411,14 +411,38 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 		return err
 	}
 
-	src, err := openList(firstOrEmpty(files), &lf, stdin)
+	path := firstOrEmpty(files)
+	src, err := openList(path, &lf, stdin)
 	if err != nil {
 		return err
 	}
-	defer src.close()
+	defer func() { src.close() }()
 
+	// A list that can be read twice lets replay try the per-bank rule
+	// alone first; standard input can be read once only.
 	report := replayReport{List: src.name}
-	result, err := replay.ReplayAll(src, replayer, target)
+	var result *replay.Result
+	if path == "-" {
+		result, err = replay.ReplayAll(src, replayer, target)
+	} else {
+		opened := false
+		result, err = replay.ReplayAllReopen(func() (replay.EntryReader, error) {
+			if !opened {
+				opened = true
+				return src, nil
+			}
+			if err := src.close(); err != nil {
+				slog.Warn("close the measurement list before reading it again", "list", src.name, "err", err)
+			}
+			next, err := openList(path, &lf, stdin)
+			if err != nil {
+				src = &entrySource{name: src.name, pending: func() int { return 0 }, close: func() error { return nil }}
+				return nil, err
+			}
+			src = next
+			return src, nil
+		}, replayer, target)
+	}
 	switch {
 	case errors.Is(err, replay.ErrNoPrefixMatch):
 		report.NoMatch = err.Error()

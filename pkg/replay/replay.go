@@ -11,7 +11,6 @@ import (
 	"crypto/sha512"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -74,6 +73,9 @@ type Replayer struct {
 	mismatches     int64
 	keptMismatches []error
 	padded         int64
+	// paddedUnknown marks banks whose padded-rule values a lazy replay
+	// (ReplayAllReopen) did not compute.
+	paddedUnknown []bool
 }
 
 // New returns a replayer for the banks that starts at start. PCRs absent
@@ -126,13 +128,7 @@ func (r *Replayer) state(index uint32) *pcrState {
 	}
 	s, ok := r.pcrs[index]
 	if !ok {
-		s = &pcrState{banks: make([]bankState, len(r.banks))}
-		for i, alg := range r.banks {
-			if value, ok := r.start.Get(alg, int(index)); ok {
-				copy(s.banks[i].perBank[:], value)
-				copy(s.banks[i].padded[:], value)
-			}
-		}
+		s = r.newState(index)
 		r.pcrs[index] = s
 	}
 	r.last, r.lastIndex = s, index
@@ -270,17 +266,7 @@ func (r *Replayer) extendHashed(h *hashedEntry) error {
 	if h.violation {
 		r.violations++
 	}
-	switch h.digest {
-	case digestPadded:
-		r.padded++
-	case digestMismatch:
-		r.mismatches++
-		err := &imalog.EntryError{Index: e.Index, Offset: e.Offset, Err: fmt.Errorf("%w: template digest %x does not match the template data", imalog.ErrTemplateHash, e.TemplateDigest)}
-		slog.Debug("template hash mismatch", "entry", e.Index, "offset", e.Offset)
-		if len(r.keptMismatches) < maxKeptMismatches {
-			r.keptMismatches = append(r.keptMismatches, err)
-		}
-	}
+	r.recordDigest(e, h.digest)
 	return nil
 }
 
@@ -332,7 +318,9 @@ func (r *Replayer) Values(rules map[pcr.Alg]Rule) pcr.Values {
 	return out
 }
 
-// Candidates returns the current values under both rules.
+// Candidates returns the current values under both rules. After
+// ReplayAllReopen matched in its first pass, padded holds no values for the
+// banks of the target other than sha1.
 func (r *Replayer) Candidates() (perBank, padded pcr.Values) {
 	perBank, padded = pcr.Values{}, pcr.Values{}
 	for _, alg := range r.banks {
@@ -343,6 +331,9 @@ func (r *Replayer) Candidates() (perBank, padded pcr.Values) {
 		s := r.state(index)
 		for i, alg := range r.banks {
 			perBank.Set(alg, int(index), s.banks[i].perBank[:alg.Size()])
+			if r.paddedUnknown != nil && r.paddedUnknown[i] {
+				continue
+			}
 			value := s.banks[i].padded[:alg.Size()]
 			if alg == pcr.SHA1 {
 				value = s.banks[i].perBank[:alg.Size()]
@@ -455,6 +446,7 @@ func (r *Replayer) Clone() *Replayer {
 	c.sizes = slices.Clone(r.sizes)
 	c.start = r.start.Clone()
 	c.keptMismatches = slices.Clone(r.keptMismatches)
+	c.paddedUnknown = slices.Clone(r.paddedUnknown)
 	c.pcrs = make(map[uint32]*pcrState, len(r.pcrs))
 	for index, s := range r.pcrs {
 		c.pcrs[index] = &pcrState{banks: slices.Clone(s.banks)}

@@ -29,8 +29,8 @@ func TestReplayAllMatchesFindPrefix(t *testing.T) {
 		if result.Prefix.Entries != prefix.Entries || result.Prefix.Entries != int64(m) {
 			t.Errorf("m=%d: ReplayAll prefix %d, FindPrefix %d", m, result.Prefix.Entries, prefix.Entries)
 		}
-		if err := result.Values.Diff(target); err != nil {
-			t.Errorf("m=%d: values at the prefix: %v", m, err)
+		if len(result.Prefix.Rules) != 2 || result.Prefix.Rules[pcr.SHA1] != prefix.Rules[pcr.SHA1] || result.Prefix.Rules[pcr.SHA256] != prefix.Rules[pcr.SHA256] {
+			t.Errorf("m=%d: ReplayAll rules %v, FindPrefix %v", m, result.Prefix.Rules, prefix.Rules)
 		}
 		if r.Entries() != 362 {
 			t.Errorf("m=%d: ReplayAll stopped after %d entries", m, r.Entries())
@@ -68,5 +68,61 @@ func TestReplayAllReadError(t *testing.T) {
 	_, err := ReplayAll(openList(t, "tpm2tss__sml-ima-sha1.bin", imalog.Options{}), r, nil)
 	if !errors.Is(err, imalog.ErrTruncated) || r.Entries() != 12 {
 		t.Errorf("err = %v after %d entries, want truncated after 12", err, r.Entries())
+	}
+}
+
+// TestReplayAllReopenPasses checks the lazy padded rule: a per-bank target
+// is found in one pass, a padded or mixed one in a second pass, and both
+// agree with FindPrefix.
+func TestReplayAllReopenPasses(t *testing.T) {
+	const file = "ibmtss__utils_imatest.log.bin"
+	full := newReplayer(t, nil, allBanks...)
+	replayAll(t, openList(t, file, imalog.Options{}), full)
+	perBank, padded := full.Candidates()
+
+	mixed := pcr.Values{}
+	mixed[pcr.SHA1] = perBank[pcr.SHA1]
+	mixed[pcr.SHA256] = perBank[pcr.SHA256]
+	mixed[pcr.SHA384] = padded[pcr.SHA384]
+	mixed[pcr.SHA512] = padded[pcr.SHA512]
+
+	cases := []struct {
+		name   string
+		target pcr.Values
+		rules  map[pcr.Alg]Rule
+		opens  int
+	}{
+		{"per-bank", perBank, map[pcr.Alg]Rule{pcr.SHA1: RulePerBank, pcr.SHA256: RulePerBank, pcr.SHA384: RulePerBank, pcr.SHA512: RulePerBank}, 1},
+		{"padded", padded, map[pcr.Alg]Rule{pcr.SHA1: RulePerBank, pcr.SHA256: RulePaddedSHA1, pcr.SHA384: RulePaddedSHA1, pcr.SHA512: RulePaddedSHA1}, 2},
+		{"mixed", mixed, map[pcr.Alg]Rule{pcr.SHA1: RulePerBank, pcr.SHA256: RulePerBank, pcr.SHA384: RulePaddedSHA1, pcr.SHA512: RulePaddedSHA1}, 2},
+	}
+	for _, c := range cases {
+		opens := 0
+		open := func() (EntryReader, error) {
+			opens++
+			return openList(t, file, imalog.Options{}), nil
+		}
+		r := newReplayer(t, nil, allBanks...)
+		result, err := ReplayAllReopen(open, r, c.target)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if opens != c.opens {
+			t.Errorf("%s: read the list %d times, want %d", c.name, opens, c.opens)
+		}
+		if result.Prefix.Entries != full.Entries() || r.Entries() != full.Entries() {
+			t.Errorf("%s: prefix %d, replayed %d, want %d", c.name, result.Prefix.Entries, r.Entries(), full.Entries())
+		}
+		for alg, want := range c.rules {
+			if got := result.Prefix.Rules[alg]; got != want {
+				t.Errorf("%s: %s rule %v, want %v", c.name, alg, got, want)
+			}
+		}
+		if err := r.Values(result.Prefix.Rules).Diff(c.target); err != nil {
+			t.Errorf("%s: final values: %v", c.name, err)
+		}
+		if r.Violations() != full.Violations() {
+			t.Errorf("%s: %d violations, want %d", c.name, r.Violations(), full.Violations())
+		}
 	}
 }
