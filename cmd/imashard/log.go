@@ -427,9 +427,11 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	} else {
 		opened := false
 		result, err = replay.ReplayAllReopen(func() (replay.EntryReader, error) {
+			// The reader itself, not src, so that replay can see that a
+			// binary reader reads into reused storage.
 			if !opened {
 				opened = true
-				return src, nil
+				return src.EntryReader, nil
 			}
 			if err := src.close(); err != nil {
 				slog.Warn("close the measurement list before reading it again", "list", src.name, "err", err)
@@ -440,7 +442,7 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 				return nil, err
 			}
 			src = next
-			return src, nil
+			return src.EntryReader, nil
 		}, replayer, target)
 	}
 	switch {

@@ -158,6 +158,16 @@ type Entry struct {
 	ByteOrder ByteOrder
 }
 
+// Clone returns a copy of e that shares no bytes with it, for keeping an
+// entry read by Reader.NextInto past the reuse of its buffer.
+func (e *Entry) Clone() *Entry {
+	c := *e
+	c.Raw = bytes.Clone(e.Raw)
+	c.TemplateData = bytes.Clone(e.TemplateData)
+	c.TemplateDigest = bytes.Clone(e.TemplateDigest)
+	return &c
+}
+
 // IsLegacy reports whether the entry uses the legacy "ima" template.
 func (e *Entry) IsLegacy() bool { return e.TemplateName == "ima" }
 

@@ -77,38 +77,61 @@ func (r *Reader) Entries() int64 { return r.index }
 // reader never reuses an entry or its slices. After an error every call
 // returns the same error.
 func (r *Reader) Next() (*Entry, error) {
-	if r.err != nil {
-		return nil, r.err
+	if len(r.entrySlab) == 0 {
+		r.entrySlab = make([]Entry, entrySlabLen)
 	}
-	e, err := r.next()
-	if err != nil {
-		r.err = err
+	e := &r.entrySlab[0]
+	if err := r.advance(e, nil); err != nil {
 		return nil, err
 	}
-	r.index++
-	r.offset += int64(len(e.Raw))
+	r.entrySlab = r.entrySlab[1:]
 	return e, nil
 }
 
-func (r *Reader) next() (*Entry, error) {
+// NextInto is Next for a caller that reuses its entries: it reads the next
+// entry into e and appends the entry's bytes to buf, returning buf. e's
+// slices point into the returned buf, or into an array of their own for an
+// entry larger than the reader's buffer, so reusing e and buf costs no
+// allocation. The caller must not reuse buf while it needs e.
+func (r *Reader) NextInto(e *Entry, buf []byte) ([]byte, error) {
+	err := r.advance(e, &buf)
+	return buf, err
+}
+
+// advance reads the next entry into e, with its bytes in *buf, or in the
+// reader's slab when buf is nil.
+func (r *Reader) advance(e *Entry, buf *[]byte) error {
+	if r.err != nil {
+		return r.err
+	}
+	if err := r.next(e, buf); err != nil {
+		r.err = err
+		return err
+	}
+	r.index++
+	r.offset += int64(len(e.Raw))
+	return nil
+}
+
+func (r *Reader) next(e *Entry, buf *[]byte) error {
 	headerLen := 4 + r.digestSize + 4
 	header, err := r.br.Peek(headerLen)
 	if err != nil {
 		if len(header) == 0 && errors.Is(err, io.EOF) {
-			return nil, io.EOF
+			return io.EOF
 		}
-		return nil, r.truncated(len(header), headerLen, err)
+		return r.truncated(len(header), headerLen, err)
 	}
 
 	if r.order == nil {
 		if err := r.detectByteOrder(header); err != nil {
-			return nil, err
+			return err
 		}
 	}
 
 	nameLen := r.order.Uint32(header[4+r.digestSize:])
 	if nameLen == 0 || nameLen > MaxTemplateNameLen {
-		return nil, r.malformed("template name length %d is outside 1..%d: the list is not a binary IMA list, or its byte order or digest size (%d bytes) is wrong", nameLen, MaxTemplateNameLen, r.digestSize)
+		return r.malformed("template name length %d is outside 1..%d: the list is not a binary IMA list, or its byte order or digest size (%d bytes) is wrong", nameLen, MaxTemplateNameLen, r.digestSize)
 	}
 
 	// The size of the rest depends on the template: peek the name and the
@@ -116,7 +139,7 @@ func (r *Reader) next() (*Entry, error) {
 	fixedLen := headerLen + int(nameLen) + 4
 	head, err := r.br.Peek(fixedLen)
 	if err != nil {
-		return nil, r.truncated(len(head), fixedLen, err)
+		return r.truncated(len(head), fixedLen, err)
 	}
 	name := head[headerLen : headerLen+int(nameLen)]
 	legacy := string(name) == "ima"
@@ -128,31 +151,26 @@ func (r *Reader) next() (*Entry, error) {
 		fixedLen = headerLen + int(nameLen) + legacyDigestSize + 4
 		head, err = r.br.Peek(fixedLen)
 		if err != nil {
-			return nil, r.truncated(len(head), fixedLen, err)
+			return r.truncated(len(head), fixedLen, err)
 		}
 		eventNameLen := r.order.Uint32(head[fixedLen-4:])
 		if eventNameLen > MaxLegacyNameLen {
-			return nil, r.malformed("legacy ima name length %d is more than %d", eventNameLen, MaxLegacyNameLen)
+			return r.malformed("legacy ima name length %d is more than %d", eventNameLen, MaxLegacyNameLen)
 		}
 		total = int64(fixedLen) + int64(eventNameLen)
 	} else {
 		dataLen := r.order.Uint32(head[fixedLen-4:])
 		if dataLen > MaxTemplateDataLen {
-			return nil, r.malformed("template data length %d is more than the limit of %d bytes", dataLen, MaxTemplateDataLen)
+			return r.malformed("template data length %d is more than the limit of %d bytes", dataLen, MaxTemplateDataLen)
 		}
 		total = int64(fixedLen) + int64(dataLen)
 	}
 
-	raw, err := r.readEntry(int(total))
+	raw, err := r.readEntry(int(total), buf)
 	if err != nil {
-		return nil, err
+		return err
 	}
 
-	if len(r.entrySlab) == 0 {
-		r.entrySlab = make([]Entry, entrySlabLen)
-	}
-	e := &r.entrySlab[0]
-	r.entrySlab = r.entrySlab[1:]
 	*e = Entry{
 		Index:          r.index,
 		Offset:         r.offset,
@@ -167,24 +185,40 @@ func (r *Reader) next() (*Entry, error) {
 		// Join digest and name without the length between them; this is
 		// the only copy the reader makes of an entry.
 		digestStart := headerLen + int(nameLen)
-		data := make([]byte, 0, legacyDigestSize+len(raw)-fixedLen)
-		data = append(data, raw[digestStart:digestStart+legacyDigestSize]...)
-		e.TemplateData = append(data, raw[fixedLen:]...)
+		size := legacyDigestSize + len(raw) - fixedLen
+		var data []byte
+		if buf != nil {
+			start := len(*buf)
+			*buf = append(*buf, raw[digestStart:digestStart+legacyDigestSize]...)
+			*buf = append(*buf, raw[fixedLen:]...)
+			data = (*buf)[start : start+size : start+size]
+		} else {
+			data = make([]byte, 0, size)
+			data = append(data, raw[digestStart:digestStart+legacyDigestSize]...)
+			data = append(data, raw[fixedLen:]...)
+		}
+		e.TemplateData = data
 	} else {
 		e.TemplateData = raw[fixedLen:len(raw):len(raw)]
 	}
-	return e, nil
+	return nil
 }
 
-// readEntry returns a new slice with the next n bytes. Entries that fit the
-// buffer are peeked first, so a truncated one costs no allocation. Larger
-// ones grow their slice only as bytes arrive, so a length field alone never
-// sizes an allocation.
-func (r *Reader) readEntry(n int) ([]byte, error) {
+// readEntry returns the next n bytes, appended to *buf when buf is not
+// nil, else in a new slice. Entries that fit the buffer are peeked first,
+// so a truncated one costs no allocation. Larger ones grow their slice only
+// as bytes arrive, so a length field alone never sizes an allocation.
+func (r *Reader) readEntry(n int, buf *[]byte) ([]byte, error) {
 	if n <= r.br.Size() {
 		peeked, err := r.br.Peek(n)
 		if err != nil {
 			return nil, r.truncated(len(peeked), n, err)
+		}
+		if buf != nil {
+			start := len(*buf)
+			*buf = append(*buf, peeked...)
+			_, _ = r.br.Discard(n)
+			return (*buf)[start : start+n : start+n], nil
 		}
 		if len(r.byteSlab) < n {
 			r.byteSlab = make([]byte, max(byteSlabBytes, n))
@@ -196,14 +230,14 @@ func (r *Reader) readEntry(n int) ([]byte, error) {
 		return raw, nil
 	}
 
-	var buf bytes.Buffer
-	got, err := io.CopyN(&buf, r.br, int64(n))
+	var large bytes.Buffer
+	got, err := io.CopyN(&large, r.br, int64(n))
 	if err != nil {
 		// The bytes are consumed now, so Pending counts them for the caller
 		// that re-reads the file from Offset.
 		return nil, r.truncated(int(got), n, err)
 	}
-	return buf.Bytes(), nil
+	return large.Bytes(), nil
 }
 
 func (r *Reader) detectByteOrder(header []byte) error {

@@ -501,3 +501,50 @@ func TestReaderEntriesNotReused(t *testing.T) {
 		t.Error("the reader overwrote an entry it returned")
 	}
 }
+
+// TestReaderNextIntoCorpus reads every binary corpus file with one reused
+// entry and buffer, and checks each entry against Next and its clone
+// against later reuse.
+func TestReaderNextIntoCorpus(t *testing.T) {
+	for _, tc := range binaryCorpus {
+		t.Run(tc.file, func(t *testing.T) {
+			data := readFile(t, tc.file)
+			opts := Options{DigestAlg: tc.alg, AllowTruncated: true}
+			want, _, err := readBinary(t, data, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			r := NewReader(bytes.NewReader(data), opts)
+			var e Entry
+			var buf []byte
+			var kept []*Entry
+			for i := 0; ; i++ {
+				buf, err = r.NextInto(&e, buf[:0])
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatalf("entry %d: %v", i, err)
+				}
+				if i >= len(want) {
+					t.Fatalf("NextInto read more than the %d entries of Next", len(want))
+				}
+				w := want[i]
+				if e.Index != w.Index || e.Offset != w.Offset || e.PCR != w.PCR || e.TemplateName != w.TemplateName ||
+					!bytes.Equal(e.Raw, w.Raw) || !bytes.Equal(e.TemplateData, w.TemplateData) || !bytes.Equal(e.TemplateDigest, w.TemplateDigest) {
+					t.Fatalf("entry %d differs from Next", i)
+				}
+				kept = append(kept, e.Clone())
+			}
+			if len(kept) != len(want) || r.Pending() != tc.tailBytes {
+				t.Fatalf("%d entries, pending %d; want %d, %d", len(kept), r.Pending(), len(want), tc.tailBytes)
+			}
+			for i, c := range kept {
+				if !bytes.Equal(c.Raw, want[i].Raw) || !bytes.Equal(c.TemplateData, want[i].TemplateData) {
+					t.Errorf("clone of entry %d changed when the buffer was reused", i)
+				}
+			}
+		})
+	}
+}

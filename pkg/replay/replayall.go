@@ -23,6 +23,16 @@ const batchSize = 256
 // and with them the memory a replay holds, whatever the list's size.
 const batchesInFlight = 8
 
+// intoReader is a reader that can read into entries and buffers the caller
+// reuses, as *imalog.Reader can.
+type intoReader interface {
+	NextInto(e *imalog.Entry, buf []byte) ([]byte, error)
+}
+
+// maxReusedBuffer is the largest batch buffer kept for reuse, so that one
+// huge entry does not pin its memory for the rest of the replay.
+const maxReusedBuffer = 1 << 20
+
 // Match flags a bank worker sets on an entry: after the entry, every target
 // PCR of the bank equals its target under that rule.
 const (
@@ -47,6 +57,10 @@ type queuedEntry struct {
 
 type entryBatch struct {
 	entries []queuedEntry
+	// With a reader that reads into the caller's storage, the entries and
+	// their bytes live here and are reused with the batch.
+	owned []imalog.Entry
+	buf   []byte
 	base    int64 // entries of this run before the batch
 	err     error // the reader's error after these entries; io.EOF at the end
 	pending sync.WaitGroup
@@ -155,7 +169,7 @@ func (r *Replayer) replayAll(entries EntryReader, target pcr.Values, skipPadded 
 	ordered := make(chan *entryBatch, batchesInFlight)
 	free := make(chan *entryBatch, batchesInFlight)
 	for range batchesInFlight {
-		free <- &entryBatch{entries: make([]queuedEntry, 0, batchSize)}
+		free <- &entryBatch{entries: make([]queuedEntry, 0, batchSize), owned: make([]imalog.Entry, batchSize)}
 	}
 	workerIn := make([]chan *entryBatch, len(r.banks))
 	var workers sync.WaitGroup
@@ -208,7 +222,8 @@ func (r *Replayer) replayAll(entries EntryReader, target pcr.Values, skipPadded 
 				bootAggregates = append(bootAggregates, e.Index)
 			}
 			if rules, ok := jointMatch(targets, q); ok {
-				result.Prefix = &Prefix{Entries: count, Last: last, Rules: rules}
+				// The batch, and the entry with it, is reused.
+				result.Prefix = &Prefix{Entries: count, Last: last.Clone(), Rules: rules}
 			}
 		}
 		if batch.err != nil {
@@ -288,6 +303,8 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 		}
 	}
 
+	into, _ := entries.(intoReader)
+
 	var base int64
 	for {
 		var batch *entryBatch
@@ -299,8 +316,19 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 		batch.base = base
 		batch.err = nil
 
+		batch.buf = batch.buf[:0]
+		if cap(batch.buf) > maxReusedBuffer {
+			batch.buf = nil
+		}
 		for len(batch.entries) < batchSize {
-			e, err := entries.Next()
+			var e *imalog.Entry
+			var err error
+			if into != nil {
+				e = &batch.owned[len(batch.entries)]
+				batch.buf, err = into.NextInto(e, batch.buf)
+			} else {
+				e, err = entries.Next()
+			}
 			if err != nil {
 				batch.err = err
 				break
