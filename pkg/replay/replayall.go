@@ -59,8 +59,8 @@ type entryBatch struct {
 	entries []queuedEntry
 	// With a reader that reads into the caller's storage, the entries and
 	// their bytes live here and are reused with the batch.
-	owned []imalog.Entry
-	buf   []byte
+	owned   []imalog.Entry
+	buf     []byte
 	base    int64 // entries of this run before the batch
 	err     error // the reader's error after these entries; io.EOF at the end
 	pending sync.WaitGroup
