@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strings"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -357,15 +356,6 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	// Replay keeps a small, constant live heap. On a 1,000,000-entry list
-	// (scripts/bench-replay.sh, 2-core machine, idle) GOGC 75 kept peak RSS
-	// at 11 to 12.5 MB with 0.55 s wall time, where 50 took 0.65 to 0.71 s
-	// and 100 reached 12.9 MB, and 15 MB under load. GOGC in the
-	// environment still wins.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(75)
-	}
-
 	target := pcr.Values{}
 	for _, path := range targets {
 		v, err := pcr.ReadValuesFile(path)
