@@ -334,7 +334,7 @@ func (p *pcrFileList) String() string     { return strings.Join(*p, " ") }
 func (p *pcrFileList) Set(v string) error { *p = append(*p, v); return nil }
 
 func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("log replay", "log replay [FLAGS] [FILE]\n\nReplay an IMA measurement list (default: the live "+imalog.DefaultListPath+")\ninto PCR values. With --pcrs or --tpm, find the shortest prefix of the list that replays\nto those values (the list is usually ahead of a PCR read or quote) and report\nthe rule each bank followed. Exit status 0 only when every check matches.", stderr)
+	fs := newFlagSet("log replay", "log replay [FLAGS] [FILE]\n\nReplay an IMA measurement list (default: the live "+imalog.DefaultListPath+")\ninto PCR values. With --pcrs or --tpm, find the shortest prefix of the list that replays\nto those values (the list is usually ahead of a PCR read or quote) and report\nthe rule each bank followed. A FILE is replayed under the per-bank rule first and read\nagain under both rules only when no prefix matches (kernels before 5.8, and banks the\nkernel cannot hash, extend the padded SHA-1 digest). Exit status 0 only when every\ncheck matches.", stderr)
 	var lf listFlags
 	lf.register(fs)
 	var targets pcrFileList
