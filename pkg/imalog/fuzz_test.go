@@ -55,6 +55,21 @@ func FuzzReader(f *testing.F) {
 			if !bytes.Equal(written, data[:r.Offset()]) {
 				t.Fatalf("entries do not tile the first %d bytes", r.Offset())
 			}
+
+			// NextInto, with one reused entry and buffer, reads the same.
+			into := NewReader(bytes.NewReader(data), Options{DigestAlg: alg, AllowTruncated: true})
+			var e Entry
+			var buf, again []byte
+			for {
+				var err error
+				if buf, err = into.NextInto(&e, buf[:0]); err != nil {
+					break
+				}
+				again = append(again, e.Raw...)
+			}
+			if !bytes.Equal(again, written) || into.Offset() != r.Offset() {
+				t.Fatalf("NextInto read %d bytes, Next %d", len(again), len(written))
+			}
 		}
 	})
 }
