@@ -1,7 +1,10 @@
 package replay
 
 import (
+	"bytes"
+	"crypto/sha1"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -124,5 +127,54 @@ func TestReplayAllReopenPasses(t *testing.T) {
 		if r.Violations() != full.Violations() {
 			t.Errorf("%s: %d violations, want %d", c.name, r.Violations(), full.Violations())
 		}
+	}
+}
+
+// TestReplayAllLegacyAndViolations replays a list of legacy "ima" entries,
+// ima-ng entries and violations, across batch boundaries, and compares
+// ReplayAll with Extend in every bank under both rules.
+func TestReplayAllLegacyAndViolations(t *testing.T) {
+	var list []byte
+	for i := range 600 {
+		e := &imalog.Entry{PCR: 10, TemplateName: "ima"}
+		name := fmt.Sprintf("/usr/bin/prog-%d", i)
+		fileDigest := sha1.Sum([]byte(name))
+		e.TemplateData = append(fileDigest[:], name...)
+		padded := make([]byte, 20+256)
+		copy(padded, e.TemplateData)
+		digest := sha1.Sum(padded)
+		e.TemplateDigest = digest[:]
+		switch i % 7 {
+		case 3:
+			e.TemplateDigest = make([]byte, sha1.Size) // violation
+		case 5:
+			e.PCR = 11
+		}
+		var err error
+		if list, err = imalog.AppendBinary(list, e, imalog.LittleEndian); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func() EntryReader { return imalog.NewReader(bytes.NewReader(list), imalog.Options{}) }
+
+	want := newReplayer(t, nil, allBanks...)
+	replayAll(t, open(), want)
+	got := newReplayer(t, nil, allBanks...)
+	if _, err := ReplayAll(open(), got, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantPerBank, wantPadded := want.Candidates()
+	gotPerBank, gotPadded := got.Candidates()
+	if err := gotPerBank.Diff(wantPerBank); err != nil {
+		t.Errorf("per-bank: %v", err)
+	}
+	if err := gotPadded.Diff(wantPadded); err != nil {
+		t.Errorf("padded: %v", err)
+	}
+	if got.Entries() != 600 || got.Violations() != want.Violations() || want.Violations() == 0 {
+		t.Errorf("%d entries, %d violations; want 600, %d", got.Entries(), got.Violations(), want.Violations())
+	}
+	if n, _ := got.Mismatches(); n != 0 {
+		t.Errorf("%d template hash mismatches", n)
 	}
 }
