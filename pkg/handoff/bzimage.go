@@ -45,6 +45,7 @@ const (
 	offVersion         = 0x206
 	offTypeOfLoader    = 0x210
 	offLoadFlags       = 0x211
+	offCode32Start     = 0x214
 	offRamdiskImage    = 0x218
 	offRamdiskSize     = 0x21c
 	offCmdLinePtr      = 0x228
@@ -217,7 +218,7 @@ func planKexecLoad(image, initrd []byte, cmdline string, bootParams []byte, ram 
 	if err != nil {
 		return nil, err
 	}
-	fillZeroPage(paramsSeg.data[:zeroPageSize], image, h, initrdSeg, paramsSeg.mem+zeroPageSize)
+	fillZeroPage(paramsSeg.data[:zeroPageSize], image, h, kernel.mem, initrdSeg, paramsSeg.mem+zeroPageSize)
 	segments = append(segments, paramsSeg)
 
 	purgatory := bytes.Clone(purgatoryCode)
@@ -235,7 +236,7 @@ func planKexecLoad(image, initrd []byte, cmdline string, bootParams []byte, ram 
 // fillZeroPage turns a copy of the running kernel's zero page into the new
 // kernel's: it takes the setup header from image and points it at the
 // initrd and the command line.
-func fillZeroPage(zp, image []byte, h *setupHeader, initrd loadSegment, cmdlineAddr uint64) {
+func fillZeroPage(zp, image []byte, h *setupHeader, kernelAddr uint64, initrd loadSegment, cmdlineAddr uint64) {
 	le := binary.LittleEndian
 	// The header from the image also clears what the running kernel's boot
 	// loader wrote into it, such as a setup_data list in old memory.
@@ -246,6 +247,9 @@ func fillZeroPage(zp, image []byte, h *setupHeader, initrd loadSegment, cmdlineA
 	zp[offSentinel] = 0
 	zp[offTypeOfLoader] = loaderUnknown
 	zp[offLoadFlags] &^= canUseHeap // no real-mode heap on the 64-bit entry
+	// boot.rst asks a loader of a relocatable kernel to point code32_start
+	// at the loaded code. The 64-bit entry does not read it.
+	le.PutUint32(zp[offCode32Start:], uint32(kernelAddr))
 
 	le.PutUint32(zp[offCmdLinePtr:], uint32(cmdlineAddr))
 	le.PutUint32(zp[offExtCmdLinePtr:], uint32(cmdlineAddr>>32))

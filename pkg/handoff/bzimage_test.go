@@ -182,6 +182,9 @@ func TestPlanKexecLoadSynthetic(t *testing.T) {
 	if got := le.Uint32(zp[offCmdLinePtr:]); uint64(got) != params.mem+zeroPageSize {
 		t.Errorf("cmd_line_ptr = %#x, want %#x", got, params.mem+zeroPageSize)
 	}
+	if got := le.Uint32(zp[offCode32Start:]); uint64(got) != kernel.mem {
+		t.Errorf("code32_start = %#x, want the load address %#x", got, kernel.mem)
+	}
 	if got := le.Uint32(zp[offRamdiskImage:]); uint64(got) != initrdSeg.mem {
 		t.Errorf("ramdisk_image = %#x, want %#x", got, initrdSeg.mem)
 	}
@@ -211,7 +214,7 @@ func TestPlanKexecLoadSynthetic(t *testing.T) {
 	if !bytes.Equal(zp[0x26c:], bootParams[0x26c:]) {
 		t.Errorf("zero page after the setup header (e820 table, ...) changed")
 	}
-	if !bytes.Equal(zp[offVersion:offTypeOfLoader], image[offVersion:offTypeOfLoader]) {
+	if !bytes.Equal(zp[offVersion:offTypeOfLoader], image[offVersion:offTypeOfLoader]) || !bytes.Equal(zp[offInitrdAddrMax:0x26c], image[offInitrdAddrMax:0x26c]) {
 		t.Errorf("setup header fields from the image were not copied")
 	}
 }

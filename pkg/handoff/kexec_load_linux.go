@@ -44,7 +44,7 @@ func kexecLoadBzImage(kernel, initrd []byte, cmdline string) error {
 		return err
 	}
 	for _, s := range img.segments {
-		slog.Info("kexec_load segment", "name", s.name, "mem", fmt.Sprintf("%#x", s.mem), "mem_size", s.memSize, "bytes", len(s.data))
+		slog.Debug("kexec_load segment", "name", s.name, "mem", fmt.Sprintf("%#x", s.mem), "mem_size", s.memSize, "bytes", len(s.data))
 	}
 	return kexecLoad(img)
 }
