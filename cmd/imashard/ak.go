@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -59,7 +58,7 @@ func (f akFlags) options() (tpm.AKOptions, error) {
 }
 
 func publicKeyPEM(key crypto.PublicKey) ([]byte, error) {
-	der, err := x509.MarshalPKIXPublicKey(key)
+	der, err := tpm.MarshalPKIXPublicKey(key)
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -248,7 +247,7 @@ func readAKPublic(path string) (crypto.PublicKey, error) {
 		return nil, fmt.Errorf("reading the AK public key: %w", err)
 	}
 	if block, _ := pem.Decode(data); block != nil {
-		key, err := x509.ParsePKIXPublicKey(block.Bytes)
+		key, err := tpm.ParsePKIXPublicKey(block.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("AK public key %s: %w", path, err)
 		}

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/u-root/u-root/pkg/boot/kexec"
-	"github.com/u-root/u-root/pkg/boot/linux"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,10 +39,32 @@ func ParseSyscall(s string) (Syscall, error) {
 var ErrKexecNotSupported = errors.New("kexec not supported by the running kernel")
 
 // Load loads kernel and initrd, both already in memory, as the next kernel.
-// Both travel to the system call in memfds. A memfd is never opened by path,
-// so IMA's FILE_CHECK hook does not run for it, and the caller's snapshot
-// stays the end of the log unless the policy measures kexec_file_load itself.
+// kexec_load receives them as memory segments from imashard's own loader
+// (x86_64 bzImage, boot protocol 2.12 or later). kexec_file_load receives
+// them in memfds. A memfd is never opened by path, so IMA's FILE_CHECK hook
+// does not run for it, and the caller's snapshot stays the end of the log
+// unless the policy measures kexec_file_load itself.
 func Load(kernel, initrd []byte, cmdline string, sc Syscall) error {
+	slog.Info("loading next kernel", "syscall", sc, "kernel_bytes", len(kernel), "initrd_bytes", len(initrd), "cmdline", cmdline)
+	var err error
+	switch sc {
+	case SyscallLoad:
+		err = kexecLoadBzImage(kernel, initrd, cmdline)
+	case SyscallFile:
+		err = kexecFileLoad(kernel, initrd, cmdline)
+	default:
+		return fmt.Errorf("unknown kexec system call %q", sc)
+	}
+	if errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("%w: kexec_%s needs Linux built with CONFIG_KEXEC (kexec_load) or CONFIG_KEXEC_FILE (kexec_file_load, Linux 3.17 or later): %v", ErrKexecNotSupported, sc, err)
+	}
+	if err != nil {
+		return fmt.Errorf("load next kernel with kexec_%s: %w", sc, err)
+	}
+	return nil
+}
+
+func kexecFileLoad(kernel, initrd []byte, cmdline string) error {
 	kf, err := memfd("imashard-kernel", kernel)
 	if err != nil {
 		return err
@@ -57,22 +77,7 @@ func Load(kernel, initrd []byte, cmdline string, sc Syscall) error {
 	}
 	defer rf.Close()
 
-	slog.Info("loading next kernel", "syscall", sc, "kernel_bytes", len(kernel), "initrd_bytes", len(initrd), "cmdline", cmdline)
-	switch sc {
-	case SyscallLoad:
-		err = linux.KexecLoad(kf, rf, cmdline, nil, nil)
-	case SyscallFile:
-		err = kexec.FileLoad(kf, rf, cmdline)
-	default:
-		return fmt.Errorf("unknown kexec system call %q", sc)
-	}
-	if errors.Is(err, unix.ENOSYS) {
-		return fmt.Errorf("%w: kexec_%s needs Linux built with CONFIG_KEXEC (kexec_load) or CONFIG_KEXEC_FILE (kexec_file_load, Linux 3.17 or later): %v", ErrKexecNotSupported, sc, err)
-	}
-	if err != nil {
-		return fmt.Errorf("load next kernel with kexec_%s: %w", sc, err)
-	}
-	return nil
+	return unix.KexecFileLoad(int(kf.Fd()), int(rf.Fd()), cmdline, 0)
 }
 
 // Unload discards a loaded kernel, so that a rejected handoff cannot be

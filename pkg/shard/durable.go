@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,7 +24,12 @@ const (
 	lockFileName = "lock"
 )
 
-var shardNamePattern = regexp.MustCompile(`^shard-([0-9]{10,20})\.ims$`)
+// Shard file names carry the sequence number in 10 to 20 decimal digits:
+// FileName pads to 10, and the largest uint64 has 20.
+const (
+	minSequenceDigits = 10
+	maxSequenceDigits = 20
+)
 
 // FileName returns the file name of the shard with the given sequence
 // number. The zero padding keeps lexical and numeric order equal.
@@ -54,11 +58,11 @@ func ListChain(dir string) ([]ChainFile, error) {
 		if !strings.HasPrefix(name, shardPrefix) {
 			continue
 		}
-		m := shardNamePattern.FindStringSubmatch(name)
-		if m == nil {
+		digits, ok := sequenceDigits(name)
+		if !ok {
 			return nil, fmt.Errorf("%w: %s in %s does not match shard-NNNNNNNNNN.ims: rename or remove it", ErrMalformed, name, dir)
 		}
-		seq, err := strconv.ParseUint(m[1], 10, 64)
+		seq, err := strconv.ParseUint(digits, 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: sequence out of range", ErrMalformed, name)
 		}
@@ -66,6 +70,28 @@ func ListChain(dir string) ([]ChainFile, error) {
 	}
 	sort.SliceStable(files, func(i, j int) bool { return files[i].Sequence < files[j].Sequence })
 	return files, nil
+}
+
+// sequenceDigits returns the decimal digits of a shard file name of the
+// form shard-NNNNNNNNNN.ims, with 10 to 20 ASCII digits, and false for any
+// other name.
+func sequenceDigits(name string) (string, bool) {
+	digits, ok := strings.CutPrefix(name, shardPrefix)
+	if !ok {
+		return "", false
+	}
+	if digits, ok = strings.CutSuffix(digits, shardSuffix); !ok {
+		return "", false
+	}
+	if len(digits) < minSequenceDigits || len(digits) > maxSequenceDigits {
+		return "", false
+	}
+	for i := 0; i < len(digits); i++ {
+		if digits[i] < '0' || digits[i] > '9' {
+			return "", false
+		}
+	}
+	return digits, true
 }
 
 // crashAt makes the write path exit the process at numbered steps, so tests

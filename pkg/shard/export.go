@@ -2,7 +2,6 @@ package shard
 
 import (
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
@@ -47,7 +46,7 @@ func ExportTPM2Tools(shardPath, outDir string) (*Export, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shard %s: %w: AK public area: %v", shardPath, ErrMalformed, err)
 	}
-	der, err := x509.MarshalPKIXPublicKey(key)
+	der, err := tpm.MarshalPKIXPublicKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("shard %s: encode AK public key: %w", shardPath, err)
 	}

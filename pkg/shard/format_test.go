@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -362,6 +363,75 @@ func TestListChainRejectsOddNames(t *testing.T) {
 	if _, err := ListChain(dir); !errors.Is(err, ErrMalformed) {
 		t.Errorf("odd name: %v, want ErrMalformed", err)
 	}
+}
+
+// oldShardNamePattern is the regular expression ListChain used before it
+// parsed names by hand. The tests check that both accept the same names.
+var oldShardNamePattern = regexp.MustCompile(`^shard-([0-9]{10,20})\.ims$`)
+
+func TestSequenceDigitsNames(t *testing.T) {
+	cases := []struct {
+		name   string
+		digits string // empty when the name must be rejected
+	}{
+		{"shard-0000000000.ims", "0000000000"},
+		{"shard-0000000042.ims", "0000000042"},
+		{"shard-18446744073709551615.ims", "18446744073709551615"},
+		{"shard-99999999999999999999.ims", "99999999999999999999"}, // above 2^64-1, so ListChain rejects it later
+		{"shard-000000001.ims", ""},                                // 9 digits
+		{"shard-000000000000000000001.ims", ""},                    // 21 digits
+		{"shard-00000000a1.ims", ""},
+		{"shard-+000000001.ims", ""},
+		{"shard-0000000001.ims.tmp", ""},
+		{"shard-0000000001.imsx", ""},
+		{"shard-0000000001.IMS", ""},
+		{"shard-0000000001", ""},
+		{"shard-.ims", ""},
+		{"shard-", ""},
+		{"Shard-0000000001.ims", ""},
+		{".shard-0000000001.ims", ""},
+		{"xshard-0000000001.ims", ""},
+		{"shard-0000000001.ims\n", ""},
+		{"shard-\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669.ims", ""}, // Arabic-Indic digits
+		{"", ""},
+	}
+	for _, c := range cases {
+		got, ok := sequenceDigits(c.name)
+		if ok != (c.digits != "") || got != c.digits {
+			t.Errorf("sequenceDigits(%q) = %q, %t; want %q", c.name, got, ok, c.digits)
+		}
+		m := oldShardNamePattern.FindStringSubmatch(c.name)
+		if (m != nil) != ok {
+			t.Errorf("%q: sequenceDigits accepts it: %t, the old pattern: %t", c.name, ok, m != nil)
+		}
+	}
+}
+
+func TestListChainRejectsOverflowSequence(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shard-18446744073709551616.ims"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ListChain(dir)
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "out of range") {
+		t.Errorf("ListChain with a sequence above 2^64-1: %v, want ErrMalformed naming the range", err)
+	}
+}
+
+func FuzzSequenceDigits(f *testing.F) {
+	f.Add("shard-0000000001.ims")
+	f.Add("shard-18446744073709551615.ims")
+	f.Add("shard-1.ims")
+	f.Fuzz(func(t *testing.T, name string) {
+		got, ok := sequenceDigits(name)
+		m := oldShardNamePattern.FindStringSubmatch(name)
+		if (m != nil) != ok {
+			t.Fatalf("%q: sequenceDigits accepts it: %t, the old pattern: %t", name, ok, m != nil)
+		}
+		if ok && got != m[1] {
+			t.Fatalf("%q: sequenceDigits = %q, the old pattern captured %q", name, got, m[1])
+		}
+	})
 }
 
 func FuzzOpen(f *testing.F) {
