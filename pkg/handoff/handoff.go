@@ -17,8 +17,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-
-	"github.com/u-root/u-root/pkg/cpio"
 )
 
 // ShardDir is the directory, relative to the root of the next boot's
@@ -129,9 +127,8 @@ func BuildInitrd(base []byte, files []File) ([]byte, error) {
 		buf.WriteByte(0)
 	}
 
-	w := cpio.Newc.Writer(&buf)
+	w := &newcWriter{buf: &buf}
 	seen := map[string]bool{}
-	var records []cpio.Record
 	for _, f := range files {
 		p := strings.TrimPrefix(path.Clean("/"+f.Path), "/")
 		if p == "" || p != strings.TrimPrefix(f.Path, "/") {
@@ -149,20 +146,15 @@ func BuildInitrd(base []byte, files []File) ([]byte, error) {
 				continue
 			}
 			seen[dir] = true
-			records = append(records, cpio.Directory(dir, 0o755))
+			w.writeRecord(dir, modeDir|0o755, nil)
 		}
-		mode := uint64(f.Mode.Perm())
+		mode := uint32(f.Mode.Perm())
 		if mode == 0 {
 			mode = 0o644
 		}
-		records = append(records, cpio.StaticFile(p, string(f.Data), mode))
+		w.writeRecord(p, modeRegular|mode, f.Data)
 	}
-	if err := cpio.WriteRecords(w, records); err != nil {
-		return nil, fmt.Errorf("write cpio archive: %w", err)
-	}
-	if err := cpio.WriteTrailer(w); err != nil {
-		return nil, fmt.Errorf("write cpio trailer: %w", err)
-	}
+	w.writeTrailer()
 	return buf.Bytes(), nil
 }
 

@@ -323,3 +323,44 @@ func TestRunLeavesNothingToUnloadBeforeLoad(t *testing.T) {
 		t.Errorf("unloaded although nothing was loaded")
 	}
 }
+
+// TestNewcPaddingAgainstUrootReader writes records with every name and data
+// length modulo 4 and reads them back with u-root's newc reader, an
+// independent implementation: names, modes, sizes and bytes must survive,
+// and the archive must end at the trailer on a 4-byte boundary.
+func TestNewcPaddingAgainstUrootReader(t *testing.T) {
+	var files []File
+	for nameLen := 1; nameLen <= 8; nameLen++ {
+		for dataLen := 0; dataLen <= 5; dataLen++ {
+			name := strings.Repeat("n", nameLen) + "." + string(rune('a'+dataLen))
+			files = append(files, File{Path: "d/" + name, Data: bytes.Repeat([]byte{byte(nameLen)}, dataLen), Mode: 0o600})
+		}
+	}
+	initrd, err := BuildInitrd(nil, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(initrd)%4 != 0 {
+		t.Errorf("archive is %d bytes, not a multiple of 4", len(initrd))
+	}
+	recs := readAppended(t, initrd, 0)
+	if len(recs) != len(files)+1 {
+		t.Errorf("%d records, want %d files and their directory", len(recs), len(files))
+	}
+	if d, ok := recs["d"]; !ok || d.Mode&cpio.S_IFMT != cpio.S_IFDIR || d.Mode&0o777 != 0o755 {
+		t.Errorf("directory d: %+v", d.Info)
+	}
+	for _, f := range files {
+		r, ok := recs[f.Path]
+		if !ok {
+			t.Fatalf("%s missing", f.Path)
+		}
+		got, _ := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+		if !bytes.Equal(got, f.Data) || r.Mode&cpio.S_IFMT != cpio.S_IFREG || r.Mode&0o777 != 0o600 {
+			t.Errorf("%s: %d bytes, mode %o; want %d bytes, regular 0600", f.Path, len(got), r.Mode, len(f.Data))
+		}
+	}
+	if !bytes.HasSuffix(bytes.TrimRight(initrd, "\x00"), []byte("TRAILER!!!")) {
+		t.Error("archive does not end with the trailer record")
+	}
+}
