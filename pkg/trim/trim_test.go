@@ -131,7 +131,7 @@ func TestResolvePending(t *testing.T) {
 		dir := t.TempDir()
 		st := pendingState()
 		live := append(entries("a", "b", "c", "d"), entry("e"))
-		if err := resolvePending(dir, st, kernelView{current: live}); err != nil {
+		if err := resolvePending(dir, st, kernelView{current: live}, undecidable); err != nil {
 			t.Fatal(err)
 		}
 		if st.LiveStart != 10 || st.Pending != nil {
@@ -142,7 +142,7 @@ func TestResolvePending(t *testing.T) {
 		dir := t.TempDir()
 		st := pendingState()
 		live := entries("c", "d", "e")
-		if err := resolvePending(dir, st, kernelView{current: live}); err != nil {
+		if err := resolvePending(dir, st, kernelView{current: live}, undecidable); err != nil {
 			t.Fatal(err)
 		}
 		if st.LiveStart != 12 || st.Pending != nil {
@@ -163,17 +163,17 @@ func TestResolvePending(t *testing.T) {
 			}}
 		}
 		st := mk()
-		if err := resolvePending(t.TempDir(), st, kernelView{staged: entries("a", "b"), current: entries("c")}); err != nil || st.LiveStart != 0 {
+		if err := resolvePending(t.TempDir(), st, kernelView{staged: entries("a", "b"), current: entries("c")}, undecidable); err != nil || st.LiveStart != 0 {
 			t.Errorf("still staged: state %+v, %v; want live start 0", st, err)
 		}
 		st = mk()
-		if err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "b")}); err != nil || st.LiveStart != 2 {
+		if err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "b")}, undecidable); err != nil || st.LiveStart != 2 {
 			t.Errorf("staged list empty: state %+v, %v; want live start 2", st, err)
 		}
 	})
 	t.Run("changed by others", func(t *testing.T) {
 		st := pendingState()
-		err := resolvePending(t.TempDir(), st, kernelView{current: entries("x", "y")})
+		err := resolvePending(t.TempDir(), st, kernelView{current: entries("x", "y")}, undecidable)
 		if !errors.Is(err, ErrMismatch) {
 			t.Fatalf("resolvePending = %v, want ErrMismatch", err)
 		}
@@ -185,11 +185,25 @@ func TestResolvePending(t *testing.T) {
 			HeadDigest: digestEntries(same[:1]), KeptDigest: digestEntries(same[1:]),
 			After: &State{LiveStart: 1},
 		}}
-		err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "a")})
+		called := false
+		decide := func() (bool, error) {
+			called = true
+			return false, ErrAmbiguous
+		}
+		err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "a")}, decide)
+		if !called {
+			t.Error("resolvePending did not ask decide about a list that fits both outcomes")
+		}
 		if !errors.Is(err, ErrAmbiguous) {
 			t.Fatalf("resolvePending = %v, want ErrAmbiguous", err)
 		}
 	})
+}
+
+// undecidable is the decide function of resolvePending cases whose list
+// decides by itself.
+func undecidable() (bool, error) {
+	return false, errors.New("decide called for a list that fits one outcome only")
 }
 
 func TestCompareCovered(t *testing.T) {
