@@ -68,7 +68,8 @@ func extendEntries(t *testing.T, tp *tpm.TPM, banks []pcr.Alg, entries ...*imalo
 // An interrupted count trim of 2 entries from the list A B A B leaves a
 // list that starts with A B whether or not the kernel deleted them. The
 // TPM, which saw every extend, decides: a real swtpm is extended with the
-// true history, and Trim's decision must follow it.
+// true history, and Trim's decision must follow it. (A kernel repeats
+// only violation entries; TestGuestTrimAmbiguous covers that case.)
 func TestResolvePendingByReplay(t *testing.T) {
 	log := readEntries(t, "../shard/testdata/ima-ng-sha1.bin")
 	if len(log) < 6 {

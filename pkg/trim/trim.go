@@ -252,9 +252,9 @@ func readLists(opts Options) (kernelView, error) {
 		}
 	}()
 	for _, p := range paths {
-		f, err := os.Open(p)
+		f, err := securityfs.OpenReader(p, opts.FS.Retry)
 		if err != nil {
-			return v, fmt.Errorf("open %s: %w", p, err)
+			return v, fmt.Errorf("trim: %w", err)
 		}
 		files = append(files, f)
 	}
