@@ -152,6 +152,7 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 
 	var trimOpts trim.Options
 	var trimmed *trimResult
+	var trimmedBefore *trimBeforeResult
 	if *trimFlag {
 		if trimOpts, err = trimOptions(*dir, logPath, logOpts, *trimMode); err != nil {
 			return err
@@ -169,8 +170,13 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		// alone cannot tell) and delete what earlier shards hold, so the
 		// snapshot reads a list whose start the state file records.
 		trimOpts.ReadPCRs = t.ReadPCRs
-		if _, err := trimCovered(trimOpts); err != nil {
+		tr, err := trimCovered(trimOpts)
+		if err != nil {
 			return err
+		}
+		if tr.Deleted > 0 || tr.Carried > 0 || tr.CarryUsed > 0 || tr.Recovered {
+			trimmedBefore = &trimBeforeResult{Deleted: tr.Deleted, Carried: tr.Carried, CarryDropped: tr.CarryUsed,
+				Recovered: tr.Recovered, LiveStart: tr.LiveStart}
 		}
 	}
 	list, err := openLiveList(*dir, logPath, logOpts)
@@ -212,6 +218,9 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		}
 		if trimmed != nil {
 			out["trim"] = trimmed
+		}
+		if trimmedBefore != nil {
+			out["trim_before_snapshot"] = trimmedBefore
 		}
 		return enc.Encode(out)
 	}

@@ -28,6 +28,18 @@ type trimResult struct {
 	KernelCount  int64 `json:"kernel_entries"`
 }
 
+// trimBeforeResult is the trim that `snapshot --trim` runs before the
+// snapshot, which resolves an interrupted trim and deletes what earlier
+// shards hold. In staged mode it carries the entries measured since the
+// last shard, which the new shard then starts with.
+type trimBeforeResult struct {
+	Deleted      int64 `json:"deleted"`
+	Carried      int64 `json:"carried"`
+	CarryDropped int64 `json:"carry_dropped"`
+	Recovered    bool  `json:"recovered_interrupted_trim,omitempty"`
+	LiveStart    int64 `json:"live_start"`
+}
+
 func trimOptions(dir, logPath string, logOpts imalog.Options, mode string) (trim.Options, error) {
 	if !strings.HasPrefix(logPath, securityfs.DefaultMountPoint+"/") {
 		return trim.Options{}, fmt.Errorf("%w: %w, not %s", errUsage, errNotLiveList, logPath)

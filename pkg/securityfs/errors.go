@@ -34,7 +34,7 @@ var (
 
 	// ErrBusy reports that another process kept a measurement list open
 	// through every retry (EBUSY). Writers exclude all other opens.
-	ErrBusy = errors.New("IMA measurement lists are open in another process (EBUSY); close other readers such as attestation agents and retry")
+	ErrBusy = errors.New("IMA measurement lists are open in another process (EBUSY): a writer excludes every other open, and readers exclude writers; retry once the other process (an attestation agent or another trim) has closed them")
 
 	// ErrSuspended reports that a kexec has begun: the kernel has suspended
 	// measurement and no longer lets the list change (ESTALE or EACCES).
