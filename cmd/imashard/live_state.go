@@ -15,8 +15,8 @@ import (
 	"github.com/imashard/imashard/pkg/trim"
 )
 
-// liveList places the live list at logPath in the history of the chain
-// in dir and says how to read it.
+// liveList is the place of the live list in the history of a chain, and
+// the reader of the live part of that history.
 type liveList struct {
 	// first is the history index of the first entry that open returns,
 	// for shard.SnapshotOptions.LiveFirstIndex and

@@ -13,7 +13,7 @@ import (
 // (include/uapi/linux/capability.h).
 const capSysAdmin = 21
 
-// procStatusPath is where CheckCapSysAdmin reads the effective set.
+// procStatusPath is the file CheckCapSysAdmin reads the effective set from.
 var procStatusPath = "/proc/self/status"
 
 // CheckCapSysAdmin returns nil when the calling process has CAP_SYS_ADMIN

@@ -27,8 +27,8 @@ const replayAttempts = 5
 
 // decideByReplay decides an interrupted count trim whose outcome the list
 // cannot show, because the list starts with the same entries either way
-// (a file measured again with content it had before repeats its entry
-// byte for byte). Under each outcome the list starts at another history
+// (the kernel adds every violation, so violation entries can repeat byte
+// for byte). Under each outcome the list starts at another history
 // index, so the two candidate histories (shards, then list) extend a
 // different number of entries into the PCRs after the anchor. It reads
 // the PCRs between two reads of the list that return the same entries,

@@ -129,8 +129,8 @@ func TestGuestKexecHandover(t *testing.T) {
 	}
 	t.Logf("after kexec_file_load: %d current entries, %d staged bytes", count, len(staged))
 
-	// The kernel would still delete now, but Trim refuses while an image
-	// is loaded and changes neither the lists nor the state.
+	// The kernel would still delete now, but Trim rejects the request
+	// while an image is loaded and changes neither the lists nor the state.
 	h := g.live()
 	for _, staged := range []bool{false, true} {
 		if _, err := Trim(g.opts(staged), g.shards(len(h))); !errors.Is(err, ErrKexecLoaded) {
@@ -146,10 +146,10 @@ func TestGuestKexecHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	if after < count || !bytes.Equal(stagedAfter, staged) {
-		t.Errorf("after the refused trims: %d current entries (were %d), staged list changed %v", after, count, !bytes.Equal(stagedAfter, staged))
+		t.Errorf("after the rejected trims: %d current entries (were %d), staged list changed %v", after, count, !bytes.Equal(stagedAfter, staged))
 	}
 	if _, err := os.Stat(filepath.Join(g.dir, StateFile)); err == nil {
-		t.Error("a refused trim wrote a state file")
+		t.Error("a rejected trim wrote a state file")
 	}
 }
 
