@@ -157,21 +157,27 @@ if [ $boot -lt 2 ]; then
 	echo $?
 	echo "@@imashard-end kexec-failed"
 else
-	echo "@@imashard-begin verify"
-	imashard verify --live --ak /ak/ak.pem --json /run/imashard
-	echo "@@imashard-end verify"
-	for f in /run/imashard/shard-*; do
-		echo "@@imashard-begin shardfile"
-		echo $f
-		base64 $f
-		echo "@@imashard-end shardfile"
-	done
-	echo "@@imashard-begin akpem"
-	cat /ak/ak.pem
-	echo "@@imashard-end akpem"
+` + verifyAndPrintChain + `
 fi
 `
 }
+
+// verifyAndPrintChain runs verify --live on /run/imashard and prints the
+// report, every shard file and the AK for verifyTrimChainOnHost.
+const verifyAndPrintChain = `
+echo "@@imashard-begin verify"
+imashard verify --live --ak /ak/ak.pem --json /run/imashard
+echo "@@imashard-end verify"
+for f in /run/imashard/shard-*; do
+	echo "@@imashard-begin shardfile"
+	echo $f
+	base64 $f
+	echo "@@imashard-end shardfile"
+done
+echo "@@imashard-begin akpem"
+cat /ak/ak.pem
+echo "@@imashard-end akpem"
+`
 
 // verifyTrimChainOnHost writes the shards that the guest printed to a directory and
 // verifies the chain there with the AK public key the guest exported.
@@ -282,24 +288,9 @@ func TestTrimKexecTrimVerify(t *testing.T) {
 				}
 			}
 
-			verify := vm.Sections(res.Console, "verify")
-			if len(verify) != 1 {
-				t.Fatalf("%d verify sections, want 1", len(verify))
-			}
-			var report struct {
-				OK     bool `json:"ok"`
-				Shards []struct {
-					FirstIndex int64 `json:"first_index"`
-				} `json:"shards"`
-				Live *struct {
-					OK bool `json:"ok"`
-				} `json:"live"`
-			}
-			if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
-				t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
-			}
+			report, text := decodeVerify(t, res.Console)
 			if !report.OK || report.Live == nil || !report.Live.OK {
-				t.Errorf("verify --live in boot 2: %s", verify[0])
+				t.Errorf("verify --live in boot 2: %s", text)
 			}
 			if len(report.Shards) < 2 || report.Shards[0].FirstIndex != 0 {
 				t.Errorf("verify covered shards %+v, want the chain from history index 0", report.Shards)
@@ -317,7 +308,7 @@ func TestTrimKexecTrimVerify(t *testing.T) {
 // files, takes a plain snapshot, measures more files, and runs `snapshot
 // --trim --trim-mode staged`. Its first trim stages the whole list, so
 // the entries measured after the plain snapshot are staged although no
-// shard holds them: they must be deleted from the kernel, kept in a carry
+// shard holds them. They must be deleted from the kernel, kept in a carry
 // file, and start the shard that the same command writes next.
 func TestTrimStagedCarryNextShard(t *testing.T) {
 	g := needCustomGuest(t)
@@ -342,19 +333,7 @@ while [ $round -lt %d ]; do
 	ls /run/imashard
 	echo "@@imashard-end files"
 done
-echo "@@imashard-begin verify"
-imashard verify --live --ak /ak/ak.pem --json /run/imashard
-echo "@@imashard-end verify"
-for f in /run/imashard/shard-*; do
-	echo "@@imashard-begin shardfile"
-	echo $f
-	base64 $f
-	echo "@@imashard-end shardfile"
-done
-echo "@@imashard-begin akpem"
-cat /ak/ak.pem
-echo "@@imashard-end akpem"
-`, rounds, perRound, perRound+between)
+`+verifyAndPrintChain, rounds, perRound, perRound+between)
 	res := runGuest(t, g, t.TempDir(), g.overlay(script), 4*time.Minute)
 
 	plains := vm.Sections(res.Console, "plain")
@@ -402,24 +381,9 @@ echo "@@imashard-end akpem"
 		}
 	}
 
-	verify := vm.Sections(res.Console, "verify")
-	if len(verify) != 1 {
-		t.Fatalf("%d verify sections, want 1", len(verify))
-	}
-	var report struct {
-		OK     bool `json:"ok"`
-		Shards []struct {
-			FirstIndex int64 `json:"first_index"`
-		} `json:"shards"`
-		Live *struct {
-			OK bool `json:"ok"`
-		} `json:"live"`
-	}
-	if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
-		t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
-	}
+	report, text := decodeVerify(t, res.Console)
 	if !report.OK || report.Live == nil || !report.Live.OK || len(report.Shards) != 2*rounds {
-		t.Errorf("verify --live after staged trims with carried entries: %s", verify[0])
+		t.Errorf("verify --live after staged trims with carried entries: %s", text)
 	}
 	host := verifyTrimChainOnHost(t, res.Console)
 	if !host.OK || len(host.Shards) != 2*rounds {
@@ -559,4 +523,30 @@ func stateJSON(section string) string {
 		return ""
 	}
 	return strings.TrimSpace(after[i:])
+}
+
+// verifyReport is the part of `verify --json` output the scenarios check.
+type verifyReport struct {
+	OK     bool `json:"ok"`
+	Shards []struct {
+		FirstIndex int64 `json:"first_index"`
+	} `json:"shards"`
+	Live *struct {
+		OK bool `json:"ok"`
+	} `json:"live"`
+}
+
+// decodeVerify returns the report in the console's one verify section,
+// and the section's text for messages.
+func decodeVerify(t *testing.T, console string) (verifyReport, string) {
+	t.Helper()
+	var report verifyReport
+	verify := vm.Sections(console, "verify")
+	if len(verify) != 1 {
+		t.Fatalf("%d verify sections, want 1", len(verify))
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
+		t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
+	}
+	return report, verify[0]
 }

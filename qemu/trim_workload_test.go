@@ -18,7 +18,7 @@ const trimWorkloadEnv = "IMASHARD_TRIM_WORKLOAD"
 
 // TestTrimWorkload adds 20,000 measurements in 10 rounds on the custom
 // kernel, once with `snapshot --trim` after each round and once with a
-// plain snapshot, and prints per round the kernel's entry count, the size
+// plain snapshot. Per round it prints the kernel's entry count, the size
 // of its binary list, and the history that `verify --live` verifies from
 // the quoted shards and the live list.
 func TestTrimWorkload(t *testing.T) {
@@ -91,6 +91,7 @@ func parseRound(section string) (roundResult, error) {
 	if len(lines) != 3 {
 		return r, fmt.Errorf("want a count, a size and a report, got %d lines", len(lines))
 	}
+
 	var err error
 	if r.kernelEntries, err = strconv.ParseInt(strings.TrimSpace(lines[0]), 10, 64); err != nil {
 		return r, fmt.Errorf("entry count: %w", err)
@@ -98,6 +99,7 @@ func parseRound(section string) (roundResult, error) {
 	if r.listBytes, err = strconv.ParseInt(strings.TrimSpace(lines[1]), 10, 64); err != nil {
 		return r, fmt.Errorf("list size: %w", err)
 	}
+
 	var report struct {
 		OK     bool              `json:"ok"`
 		Shards []json.RawMessage `json:"shards"`

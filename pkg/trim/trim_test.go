@@ -436,13 +436,7 @@ func TestGuestTrimCrash(t *testing.T) {
 					t.Fatal(err)
 				}
 
-				cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
-				cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+g.dir, "CRASH_STEP="+step, fmt.Sprintf("CRASH_STAGED=%v", staged))
-				out, err := cmd.CombinedOutput()
-				var exit *exec.ExitError
-				if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-					t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
-				}
+				runCrashChild(t, g.dir, step, staged)
 
 				st, err := LoadState(g.dir)
 				if err != nil {
@@ -508,13 +502,7 @@ func TestGuestTrimCarryCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
-			cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+g.dir, "CRASH_STEP="+step, "CRASH_STAGED=true")
-			out, err := cmd.CombinedOutput()
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
-			}
+			runCrashChild(t, g.dir, step, true)
 
 			if _, err := Trim(g.opts(true), covered); err != nil {
 				t.Fatalf("Trim after a crash at %s: %v", step, err)
@@ -624,13 +612,7 @@ func TestGuestTrimAmbiguous(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
-			cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+g.dir, "CRASH_STEP="+step, "CRASH_STAGED=false")
-			out, err := cmd.CombinedOutput()
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
-			}
+			runCrashChild(t, g.dir, step, false)
 
 			if step == "deleted" {
 				// The kept violation alone would show the deletion; one more
@@ -699,6 +681,20 @@ func TestGuestChildTrimNonRoot(t *testing.T) {
 		t.Fatalf("Trim as uid %d = %v, want ErrPermission naming CAP_SYS_ADMIN", os.Getuid(), err)
 	}
 	t.Logf("Trim as uid %d: %v", os.Getuid(), err)
+}
+
+// runCrashChild runs TestGuestChildCrash, which trims the chain in dir
+// with the entries saveCovered stored, and checks that it was killed at
+// step.
+func runCrashChild(t *testing.T, dir, step string, staged bool) {
+	t.Helper()
+	cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
+	cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+dir, "CRASH_STEP="+step, fmt.Sprintf("CRASH_STAGED=%v", staged))
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
+	}
 }
 
 func saveCovered(dir string, c Covered) error {
