@@ -31,9 +31,11 @@ type snapshotOutput struct {
 	FirstIndex int64  `json:"first_index"`
 	Entries    int64  `json:"entries"`
 	Trim       *struct {
-		Deleted     int64 `json:"deleted"`
-		LiveStart   int64 `json:"live_start"`
-		KernelCount int64 `json:"kernel_entries"`
+		Deleted      int64 `json:"deleted"`
+		Carried      int64 `json:"carried"`
+		CarryDropped int64 `json:"carry_dropped"`
+		LiveStart    int64 `json:"live_start"`
+		KernelCount  int64 `json:"kernel_entries"`
 	} `json:"trim"`
 }
 
@@ -155,21 +157,27 @@ if [ $boot -lt 2 ]; then
 	echo $?
 	echo "@@imashard-end kexec-failed"
 else
-	echo "@@imashard-begin verify"
-	imashard verify --live --ak /ak/ak.pem --json /run/imashard
-	echo "@@imashard-end verify"
-	for f in /run/imashard/shard-*; do
-		echo "@@imashard-begin shardfile"
-		echo $f
-		base64 $f
-		echo "@@imashard-end shardfile"
-	done
-	echo "@@imashard-begin akpem"
-	cat /ak/ak.pem
-	echo "@@imashard-end akpem"
+` + verifyAndPrintChain + `
 fi
 `
 }
+
+// verifyAndPrintChain runs verify --live on /run/imashard and prints the
+// report, every shard file and the AK for verifyTrimChainOnHost.
+const verifyAndPrintChain = `
+echo "@@imashard-begin verify"
+imashard verify --live --ak /ak/ak.pem --json /run/imashard
+echo "@@imashard-end verify"
+for f in /run/imashard/shard-*; do
+	echo "@@imashard-begin shardfile"
+	echo $f
+	base64 $f
+	echo "@@imashard-end shardfile"
+done
+echo "@@imashard-begin akpem"
+cat /ak/ak.pem
+echo "@@imashard-end akpem"
+`
 
 // verifyTrimChainOnHost writes the shards that the guest printed to a directory and
 // verifies the chain there with the AK public key the guest exported.
@@ -280,24 +288,9 @@ func TestTrimKexecTrimVerify(t *testing.T) {
 				}
 			}
 
-			verify := vm.Sections(res.Console, "verify")
-			if len(verify) != 1 {
-				t.Fatalf("%d verify sections, want 1", len(verify))
-			}
-			var report struct {
-				OK     bool `json:"ok"`
-				Shards []struct {
-					FirstIndex int64 `json:"first_index"`
-				} `json:"shards"`
-				Live *struct {
-					OK bool `json:"ok"`
-				} `json:"live"`
-			}
-			if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
-				t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
-			}
+			report, text := decodeVerify(t, res.Console)
 			if !report.OK || report.Live == nil || !report.Live.OK {
-				t.Errorf("verify --live in boot 2: %s", verify[0])
+				t.Errorf("verify --live in boot 2: %s", text)
 			}
 			if len(report.Shards) < 2 || report.Shards[0].FirstIndex != 0 {
 				t.Errorf("verify covered shards %+v, want the chain from history index 0", report.Shards)
@@ -309,4 +302,251 @@ func TestTrimKexecTrimVerify(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Staged trims with entries the shards do not cover: each round measures
+// files, takes a plain snapshot, measures more files, and runs `snapshot
+// --trim --trim-mode staged`. Its first trim stages the whole list, so
+// the entries measured after the plain snapshot are staged although no
+// shard holds them. They must be deleted from the kernel, kept in a carry
+// file, and start the shard that the same command writes next.
+func TestTrimStagedCarryNextShard(t *testing.T) {
+	g := needCustomGuest(t)
+	const rounds, perRound, between = 3, 20, 5
+	script := fmt.Sprintf(`
+mkdir -p /run/imashard /ak
+imashard ak export --out /ak > /dev/null
+round=0
+while [ $round -lt %d ]; do
+	round=$((round+1))
+	mkdir -p /w$round
+	i=0
+	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	echo "@@imashard-begin plain"
+	imashard snapshot --dir /run/imashard --json
+	echo "@@imashard-end plain"
+	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	echo "@@imashard-begin snapshot"
+	imashard snapshot --dir /run/imashard --trim --trim-mode staged --json
+	echo "@@imashard-end snapshot"
+	echo "@@imashard-begin files"
+	ls /run/imashard
+	echo "@@imashard-end files"
+done
+`+verifyAndPrintChain, rounds, perRound, perRound+between)
+	res := runGuest(t, g, t.TempDir(), g.overlay(script), 4*time.Minute)
+
+	plains := vm.Sections(res.Console, "plain")
+	snaps := vm.Sections(res.Console, "snapshot")
+	files := vm.Sections(res.Console, "files")
+	if len(plains) != rounds || len(snaps) != rounds || len(files) != rounds {
+		t.Logf("console tail:\n%s", tail(res.Console, 80))
+		t.Fatalf("%d plain, %d trim and %d file list sections, want %d each", len(plains), len(snaps), len(files), rounds)
+	}
+	type trimmed struct {
+		snapshotOutput
+		Before *struct {
+			Deleted   int64 `json:"deleted"`
+			Carried   int64 `json:"carried"`
+			LiveStart int64 `json:"live_start"`
+		} `json:"trim_before_snapshot"`
+	}
+	for i := range snaps {
+		var plain snapshotOutput
+		var out trimmed
+		if err := json.Unmarshal([]byte(strings.TrimSpace(plains[i])), &plain); err != nil {
+			t.Fatalf("round %d: plain snapshot output is not JSON: %v\n%s", i+1, err, plains[i])
+		}
+		if err := json.Unmarshal([]byte(strings.TrimSpace(snaps[i])), &out); err != nil {
+			t.Fatalf("round %d: snapshot --trim output is not JSON: %v\n%s", i+1, err, snaps[i])
+		}
+		plainEnd := plain.FirstIndex + plain.Entries
+		b := out.Before
+		if b == nil || b.Carried < between || b.LiveStart != plainEnd || b.Deleted < plain.Entries+b.Carried {
+			t.Errorf("round %d: trim before the snapshot %+v, want the %d entries after the plain shard's end %d carried and deleted with the shard's %d", i+1, b, between, plainEnd, plain.Entries)
+			continue
+		}
+		if out.FirstIndex != plainEnd || out.Entries < b.Carried {
+			t.Errorf("round %d: shard from history index %d with %d entries, want it to start at %d with the %d carried entries", i+1, out.FirstIndex, out.Entries, plainEnd, b.Carried)
+		}
+		tr := out.Trim
+		if tr == nil || tr.CarryDropped != b.Carried || tr.LiveStart != out.FirstIndex+out.Entries {
+			t.Errorf("round %d: trim after the snapshot %+v, want the %d carried entries dropped and the live list at %d", i+1, tr, b.Carried, out.FirstIndex+out.Entries)
+		}
+		if tr != nil && tr.KernelCount > 10 {
+			t.Errorf("round %d: the kernel still has %d entries after the staged trim", i+1, tr.KernelCount)
+		}
+		if carry := fmt.Sprintf("carry-%d.bin", plainEnd); strings.Contains(files[i], carry) {
+			t.Errorf("round %d: %s is still there although the new shard holds its entries:\n%s", i+1, carry, files[i])
+		}
+	}
+
+	report, text := decodeVerify(t, res.Console)
+	if !report.OK || report.Live == nil || !report.Live.OK || len(report.Shards) != 2*rounds {
+		t.Errorf("verify --live after staged trims with carried entries: %s", text)
+	}
+	host := verifyTrimChainOnHost(t, res.Console)
+	if !host.OK || len(host.Shards) != 2*rounds {
+		t.Errorf("host verification: ok %v with %d shards, want %d", host.OK, len(host.Shards), 2*rounds)
+	}
+}
+
+// The errors a trim meets on the real kernel, through the CLI: another
+// process holding a list open for writing, readers holding one open, and
+// a loaded kexec image. Each must fail with a clear error after a bounded
+// wait, leave no partial trim, and let the chain verify afterwards.
+func TestTrimErrors(t *testing.T) {
+	g := needCustomGuest(t)
+	const ima = "/sys/kernel/security/integrity/ima"
+	script := `
+mkdir -p /run/imashard /ak /w
+imashard ak export --out /ak > /dev/null
+i=0
+while [ $i -lt 10 ]; do i=$((i+1)); echo $i > /w/f$i; cat /w/f$i > /dev/null; done
+imashard snapshot --dir /run/imashard --trim > /dev/null
+
+run() {
+	name=$1
+	shift
+	echo "@@imashard-begin $name"
+	"$@" 2>&1
+	echo "exit status $?"
+	ls /run/imashard
+	cat /run/imashard/live-state.json
+	echo "@@imashard-end $name"
+}
+
+# sleep holds the list open for as long as it runs.
+sleep 8 >> ` + ima + `/binary_runtime_measurements_staged &
+sleep 1
+run writer imashard snapshot --dir /run/imashard --trim
+wait
+
+sleep 8 < ` + ima + `/binary_runtime_measurements &
+sleep 8 < ` + ima + `/binary_runtime_measurements_sha256 &
+sleep 1
+run readers imashard snapshot --dir /run/imashard --trim
+wait
+
+run after-busy imashard snapshot --dir /run/imashard --trim
+
+kexec -l /carry/vmlinuz -i /carry/initramfs.cpio --reuse-cmdline
+echo "@@imashard-begin kexec-loaded"
+cat /sys/kernel/kexec_loaded
+echo "@@imashard-end kexec-loaded"
+run kexec imashard snapshot --dir /run/imashard --trim
+
+echo "@@imashard-begin verify"
+imashard verify --live --ak /ak/ak.pem --json /run/imashard
+echo "@@imashard-end verify"
+`
+	res := runGuest(t, g, t.TempDir(), g.overlay(script), 4*time.Minute)
+
+	section := func(name string) string {
+		s := vm.Sections(res.Console, name)
+		if len(s) != 1 {
+			t.Logf("console tail:\n%s", tail(res.Console, 80))
+			t.Fatalf("%d %s sections, want 1", len(s), name)
+		}
+		return s[0]
+	}
+	afterBusy := section("after-busy")
+	if !strings.Contains(afterBusy, "exit status 0") {
+		t.Fatalf("snapshot --trim once the lists were free failed:\n%s", afterBusy)
+	}
+	for _, c := range []struct{ name, want string }{
+		{"writer", "EBUSY"},
+		{"readers", "EBUSY"},
+		{"kexec", "a kexec image is loaded"},
+	} {
+		out := section(c.name)
+		if strings.Contains(out, "exit status 0") {
+			t.Errorf("%s: snapshot --trim succeeded, want an error:\n%s", c.name, out)
+		}
+		if !strings.Contains(out, c.want) {
+			t.Errorf("%s: output does not name %q:\n%s", c.name, c.want, out)
+		}
+	}
+	// A failed trim leaves the directory as it was: the writer case stops
+	// before the snapshot, and so do the readers and kexec cases, whose
+	// first trim (of what earlier shards hold) already fails.
+	if got := shardList(section("writer")); got != shardList(section("readers")) {
+		t.Errorf("shards after the readers case %q, want those after the writer case %q", shardList(section("readers")), got)
+	}
+	if got, want := shardList(section("kexec")), shardList(afterBusy); got != want {
+		t.Errorf("shards after the kexec case %q, want %q", got, want)
+	}
+	if got, want := stateJSON(section("readers")), stateJSON(section("writer")); got == "" || got != want {
+		t.Errorf("trim state after the readers case:\n%s\nwant the one after the writer case:\n%s", got, want)
+	}
+	if got, want := stateJSON(section("kexec")), stateJSON(afterBusy); got == "" || got != want {
+		t.Errorf("trim state after the kexec case:\n%s\nwant the one before it:\n%s", got, want)
+	}
+	if loaded := strings.TrimSpace(section("kexec-loaded")); loaded != "1" {
+		t.Errorf("/sys/kernel/kexec_loaded = %q after kexec -l, want 1", loaded)
+	}
+
+	var report struct {
+		OK   bool `json:"ok"`
+		Live *struct {
+			OK bool `json:"ok"`
+		} `json:"live"`
+	}
+	v := section("verify")
+	if err := json.Unmarshal([]byte(strings.TrimSpace(v)), &report); err != nil {
+		t.Fatalf("verify output is not JSON: %v\n%s", err, v)
+	}
+	if !report.OK || report.Live == nil || !report.Live.OK {
+		t.Errorf("verify --live after the failed trims: %s", v)
+	}
+}
+
+// shardList returns the shard file names in a section's ls output.
+func shardList(section string) string {
+	var names []string
+	for _, f := range strings.Fields(section) {
+		if strings.HasPrefix(f, "shard-") {
+			names = append(names, f)
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+// stateJSON returns the live-state.json text that a section prints last.
+func stateJSON(section string) string {
+	_, after, ok := strings.Cut(section, "exit status")
+	if !ok {
+		return ""
+	}
+	i := strings.Index(after, "{")
+	if i < 0 {
+		return ""
+	}
+	return strings.TrimSpace(after[i:])
+}
+
+// verifyReport is the part of `verify --json` output the scenarios check.
+type verifyReport struct {
+	OK     bool `json:"ok"`
+	Shards []struct {
+		FirstIndex int64 `json:"first_index"`
+	} `json:"shards"`
+	Live *struct {
+		OK bool `json:"ok"`
+	} `json:"live"`
+}
+
+// decodeVerify returns the report in the console's one verify section,
+// and the section's text for messages.
+func decodeVerify(t *testing.T, console string) (verifyReport, string) {
+	t.Helper()
+	var report verifyReport
+	verify := vm.Sections(console, "verify")
+	if len(verify) != 1 {
+		t.Fatalf("%d verify sections, want 1", len(verify))
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(verify[0])), &report); err != nil {
+		t.Fatalf("verify output is not JSON: %v\n%s", err, verify[0])
+	}
+	return report, verify[0]
 }

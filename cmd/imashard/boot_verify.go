@@ -15,8 +15,8 @@ import (
 // by any other key fails with shard.ErrWrongAK.
 func verifyCarried(ctx context.Context, rep *bootReport, t *tpm.TPM, ak *tpm.AK, dir, logPath string, logOpts imalog.Options) error {
 	// A kernel with CONFIG_IMA_KEXEC carries the list over, and a trimmed
-	// list starts later in the history; liveFirstIndex finds where.
-	first, err := liveFirstIndex(dir, logPath, logOpts)
+	// list starts later in the history; openLiveList finds where.
+	list, err := openLiveList(dir, logPath, logOpts)
 	if err != nil {
 		rep.Result = bootFailed
 		return fmt.Errorf("place the live log after the carried shards: %w", err)
@@ -24,7 +24,8 @@ func verifyCarried(ctx context.Context, rep *bootReport, t *tpm.TPM, ak *tpm.AK,
 	r, err := shard.Verify(ctx, shard.VerifyOptions{
 		Dir:      dir,
 		AKPublic: ak.PublicKey,
-		Live:     &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts, LiveFirstIndex: first},
+		Live: &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts,
+			LiveFirstIndex: list.first, OpenLog: list.open},
 	})
 	if r != nil {
 		rep.Verify = r

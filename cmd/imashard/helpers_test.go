@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"testing"
 
+	"github.com/imashard/imashard/internal/tpmtest"
 	"github.com/imashard/imashard/pkg/swtpm"
 )
 
@@ -20,13 +21,5 @@ func mustDecodeHex(t *testing.T, s string) []byte {
 // it when the test ends. The test is skipped when swtpm is not installed.
 func startSWTPM(t *testing.T) *swtpm.Instance {
 	t.Helper()
-	if err := swtpm.Available(); err != nil {
-		t.Skipf("swtpm not installed: %v", err)
-	}
-	inst, err := swtpm.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inst.Stop() })
-	return inst
+	return tpmtest.Start(t)
 }

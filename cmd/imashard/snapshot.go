@@ -152,19 +152,11 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 
 	var trimOpts trim.Options
 	var trimmed *trimResult
+	var trimmedBefore *trimBeforeResult
 	if *trimFlag {
 		if trimOpts, err = trimOptions(*dir, logPath, logOpts, *trimMode); err != nil {
 			return err
 		}
-		// Resolve an interrupted trim and delete what earlier shards hold,
-		// so the snapshot reads a list whose start the state file records.
-		if _, err := trimCovered(trimOpts); err != nil {
-			return err
-		}
-	}
-	first, err := liveFirstIndex(*dir, logPath, logOpts)
-	if err != nil {
-		return err
 	}
 
 	t, ak, closeTPM, err := af.open()
@@ -173,10 +165,29 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	}
 	defer closeTPM()
 
+	if *trimFlag {
+		// Resolve an interrupted trim (with the TPM's PCRs when the list
+		// alone cannot tell) and delete what earlier shards hold, so the
+		// snapshot reads a list whose start the state file records.
+		trimOpts.ReadPCRs = t.ReadPCRs
+		tr, err := trimCovered(trimOpts)
+		if err != nil {
+			return err
+		}
+		if tr.Deleted > 0 || tr.Carried > 0 || tr.CarryUsed > 0 || tr.Recovered {
+			trimmedBefore = &trimBeforeResult{Deleted: tr.Deleted, Carried: tr.Carried, CarryDropped: tr.CarryUsed,
+				Recovered: tr.Recovered, LiveStart: tr.LiveStart}
+		}
+	}
+	list, err := openLiveList(*dir, logPath, logOpts)
+	if err != nil {
+		return err
+	}
+
 	ctx := context.Background()
 	res, err := shard.Snapshot(ctx, shard.SnapshotOptions{
 		Dir: *dir, LogPath: logPath, LogOptions: logOpts, TPM: t, AK: ak, Banks: bankList, Tail: *tail,
-		LiveFirstIndex: first,
+		LiveFirstIndex: list.first, OpenLog: list.open,
 	})
 	if err != nil {
 		return err
@@ -194,7 +205,8 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		trimmed = &trimResult{Deleted: tr.Deleted, Recovered: tr.Recovered, LiveStart: tr.LiveStart, KernelCount: count}
+		trimmed = &trimResult{Deleted: tr.Deleted, Carried: tr.Carried, CarryDropped: tr.CarryUsed,
+			Recovered: tr.Recovered, LiveStart: tr.LiveStart, KernelCount: count}
 	}
 
 	if *jsonOut {
@@ -206,6 +218,9 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		}
 		if trimmed != nil {
 			out["trim"] = trimmed
+		}
+		if trimmedBefore != nil {
+			out["trim_before_snapshot"] = trimmedBefore
 		}
 		return enc.Encode(out)
 	}
@@ -219,6 +234,10 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	if trimmed != nil {
 		fmt.Fprintf(stdout, "trimmed %d entries; the kernel's list now starts at history index %d and has %d entries\n",
 			trimmed.Deleted, trimmed.LiveStart, trimmed.KernelCount)
+		if trimmed.Carried > 0 {
+			fmt.Fprintf(stdout, "kept %d staged entries that no shard holds yet in %s; the next snapshot starts with them\n",
+				trimmed.Carried, *dir)
+		}
 	}
 	return nil
 }

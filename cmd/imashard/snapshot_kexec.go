@@ -24,7 +24,7 @@ func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.O
 		}
 
 		// After a trim the list starts later in the history.
-		first, err := liveFirstIndex(dir, logPath, logOpts)
+		list, err := openLiveList(dir, logPath, logOpts)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -36,7 +36,7 @@ func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.O
 		}
 		res, err := shard.Snapshot(ctx, shard.SnapshotOptions{
 			Dir: dir, LogPath: logPath, LogOptions: logOpts, TPM: t, AK: ak, Tail: true,
-			LiveFirstIndex: first,
+			LiveFirstIndex: list.first, OpenLog: list.open,
 		})
 		closeTPM()
 		if err != nil {
@@ -45,14 +45,15 @@ func finalSnapshot(dir string, akf *tpmAKFlags, logPath string, logOpts imalog.O
 		*tpmTime += res.TPMTime
 
 		// The shard's indexes count from the last TPM reset; the kernel's
-		// count starts at this boot's first entry.
+		// count starts at the first entry of its current list, after any
+		// carried and staged entries.
 		f, err := shard.Open(res.Path)
 		if err != nil {
 			return nil, 0, err
 		}
 		bootFirst := f.Header.BootFirstIndex
 		f.Close()
-		covered := res.FirstIndex + res.Entries + res.TailEntries - bootFirst
+		covered := res.FirstIndex + res.Entries + res.TailEntries - list.currentStart(bootFirst)
 
 		files, err := readChainDir(dir)
 		if err != nil {

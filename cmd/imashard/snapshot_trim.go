@@ -16,10 +16,28 @@ import (
 
 // trimResult is the trim part of `snapshot --trim` output.
 type trimResult struct {
-	Deleted     int64 `json:"deleted"`
-	Recovered   bool  `json:"recovered_interrupted_trim,omitempty"`
-	LiveStart   int64 `json:"live_start"`
-	KernelCount int64 `json:"kernel_entries"`
+	Deleted int64 `json:"deleted"`
+	// Carried counts staged entries that no shard held yet; a staged trim
+	// deleted them from the kernel and saved them for the next shard.
+	Carried int64 `json:"carried"`
+	// CarryDropped counts entries saved by an earlier staged trim that
+	// the shards now hold, so the carry file no longer keeps them.
+	CarryDropped int64 `json:"carry_dropped"`
+	Recovered    bool  `json:"recovered_interrupted_trim,omitempty"`
+	LiveStart    int64 `json:"live_start"`
+	KernelCount  int64 `json:"kernel_entries"`
+}
+
+// trimBeforeResult is the trim that `snapshot --trim` runs before the
+// snapshot, which resolves an interrupted trim and deletes what earlier
+// shards hold. In staged mode it carries the entries measured since the
+// last shard, which the new shard then starts with.
+type trimBeforeResult struct {
+	Deleted      int64 `json:"deleted"`
+	Carried      int64 `json:"carried"`
+	CarryDropped int64 `json:"carry_dropped"`
+	Recovered    bool  `json:"recovered_interrupted_trim,omitempty"`
+	LiveStart    int64 `json:"live_start"`
 }
 
 func trimOptions(dir, logPath string, logOpts imalog.Options, mode string) (trim.Options, error) {
@@ -36,11 +54,16 @@ func trimOptions(dir, logPath string, logOpts imalog.Options, mode string) (trim
 	if err := fs.CheckStaging(); err != nil {
 		return trim.Options{}, err
 	}
+	// Checked before the TPM is opened, so a non-root caller learns what
+	// --trim needs rather than which device it could not open.
+	if err := securityfs.CheckCapSysAdmin(); err != nil {
+		return trim.Options{}, fmt.Errorf("--trim: %w", err)
+	}
 	alg := logOpts.DigestAlg
 	if alg == 0 {
 		alg = pcr.SHA1
 	}
-	return trim.Options{Dir: dir, FS: fs, Alg: alg, Split: trim.SplitWith(logOpts), Staged: mode == "staged"}, nil
+	return trim.Options{Dir: dir, FS: fs, Alg: alg, Split: trim.SplitWith(logOpts), Staged: mode == "staged", LogOptions: logOpts}, nil
 }
 
 // trimCovered deletes from the kernel's list what the shards in dir hold.

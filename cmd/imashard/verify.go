@@ -51,11 +51,12 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer closeTPM()
-		first, err := liveFirstIndex(opts.Dir, logPath, logOpts)
+		list, err := openLiveList(opts.Dir, logPath, logOpts)
 		if err != nil {
 			return err
 		}
-		opts.Live = &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts, LiveFirstIndex: first}
+		opts.Live = &shard.LiveOptions{TPM: t, AK: ak, LogPath: logPath, LogOptions: logOpts,
+			LiveFirstIndex: list.first, OpenLog: list.open}
 	}
 
 	report, verr := shard.Verify(context.Background(), opts)

@@ -26,13 +26,15 @@ var (
 	// ErrNoSuchList reports a bank for which the kernel has no list file.
 	ErrNoSuchList = errors.New("no measurement list for this bank")
 
-	// ErrPermission reports a missing CAP_SYS_ADMIN (EPERM or EACCES on
-	// open). Writing to a measurement list needs CAP_SYS_ADMIN.
-	ErrPermission = errors.New("permission denied: changing the IMA measurement list needs CAP_SYS_ADMIN (run as root)")
+	// ErrPermission reports a missing CAP_SYS_ADMIN (EPERM on open for
+	// writing, or a process without it in its effective set) or a non-root
+	// process (EACCES: the kernel creates the lists with mode 0440 or 0660,
+	// owned by root).
+	ErrPermission = errors.New("permission denied: changing the IMA measurement list needs CAP_SYS_ADMIN and reading it needs root (run as root)")
 
 	// ErrBusy reports that another process kept a measurement list open
 	// through every retry (EBUSY). Writers exclude all other opens.
-	ErrBusy = errors.New("IMA measurement lists are open in another process (EBUSY); close other readers such as attestation agents and retry")
+	ErrBusy = errors.New("IMA measurement lists are open in another process (EBUSY): a writer excludes every other open, and readers exclude writers; retry once the other process (an attestation agent or another trim) has closed them")
 
 	// ErrSuspended reports that a kexec has begun: the kernel has suspended
 	// measurement and no longer lets the list change (ESTALE or EACCES).

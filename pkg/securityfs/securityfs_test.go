@@ -139,3 +139,32 @@ func TestUnescapeMountinfo(t *testing.T) {
 		t.Fatalf("unescapeMountinfo = %q", got)
 	}
 }
+
+func TestCheckCapSysAdmin(t *testing.T) {
+	cases := []struct {
+		name   string
+		status string
+		want   error // nil, or the sentinel the error must wrap
+		fails  bool
+	}{
+		{"root", "Name:\tx\nCapEff:\t000001ffffffffff\n", nil, false},
+		{"only sys_admin", "CapEff:\t0000000000200000\n", nil, false},
+		{"nobody", "CapEff:\t0000000000000000\n", ErrPermission, true},
+		{"all but sys_admin", "CapEff:\t000001ffffdfffff\n", ErrPermission, true},
+		{"no line", "Name:\tx\n", nil, true},
+		{"not hex", "CapEff:\tzz\n", nil, true},
+	}
+	for _, c := range cases {
+		err := checkCapSysAdmin(strings.NewReader(c.status), "status")
+		if (err != nil) != c.fails {
+			t.Errorf("%s: checkCapSysAdmin = %v, want failure %v", c.name, err, c.fails)
+			continue
+		}
+		if c.want != nil && !errors.Is(err, c.want) {
+			t.Errorf("%s: checkCapSysAdmin = %v, want %v", c.name, err, c.want)
+		}
+		if c.want != nil && !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+			t.Errorf("%s: error %q does not name CAP_SYS_ADMIN", c.name, err)
+		}
+	}
+}

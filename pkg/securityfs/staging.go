@@ -59,7 +59,7 @@ func (f *FS) OpenWriter(alg pcr.Alg, staged bool) (*Writer, error) {
 	}
 
 	var file *os.File
-	err = f.retryBusy("open "+path+" for writing", func() error {
+	err = retryBusy(f.Retry, "open "+path+" for writing", func() error {
 		var err error
 		file, err = os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
@@ -75,8 +75,7 @@ func (f *FS) OpenWriter(alg pcr.Alg, staged bool) (*Writer, error) {
 
 // retryBusy runs op until it succeeds, fails with an error other than
 // ErrBusy, or runs out of attempts.
-func (f *FS) retryBusy(what string, op func() error) error {
-	retry := f.Retry
+func retryBusy(retry Retry, what string, op func() error) error {
 	if retry.Attempts < 1 {
 		retry.Attempts = 1
 	}
@@ -98,6 +97,23 @@ func (f *FS) retryBusy(what string, op func() error) error {
 		}
 	}
 	return fmt.Errorf("%s: gave up after %d attempts: %w", what, retry.Attempts, err)
+}
+
+// OpenReader opens a measurement list for reading, retrying while another
+// process holds a list open for writing (EBUSY). It fails with ErrBusy
+// once retry runs out and with ErrPermission when the file's mode keeps
+// the caller out (the kernel creates the lists for root only).
+func OpenReader(path string, retry Retry) (*os.File, error) {
+	var file *os.File
+	err := retryBusy(retry, "open "+path, func() error {
+		var err error
+		file, err = os.Open(path)
+		if err != nil {
+			return mapErrno(err, 0, false)
+		}
+		return nil
+	})
+	return file, err
 }
 
 // Name returns the path of the open list.
@@ -181,14 +197,14 @@ func (f *FS) ReadStaged(alg pcr.Alg) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var data []byte
-	err = f.retryBusy("read "+path, func() error {
-		var err error
-		data, err = os.ReadFile(path)
-		if err != nil {
-			return mapErrno(err, 0, false)
-		}
-		return nil
-	})
-	return data, err
+	file, err := OpenReader(path, f.Retry)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	data, err := io.ReadAll(file)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return data, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -35,6 +36,21 @@ type SnapshotOptions struct {
 	// derives it from the boot ID, which is right only for a list that was
 	// never trimmed. After a trim, pkg/trim's state file records it.
 	LiveFirstIndex *int64
+
+	// OpenLog, when set, opens the list in place of LogPath, which then
+	// only names the list's source in the header. pkg/trim's LiveSource
+	// uses it to put carried and staged entries ahead of the kernel's
+	// current list. Every call must return the same entries, possibly
+	// followed by more.
+	OpenLog func() (io.ReadCloser, error)
+}
+
+// openLog opens the list that the snapshot reads.
+func (o *SnapshotOptions) openLog() (io.ReadCloser, error) {
+	if o.OpenLog != nil {
+		return o.OpenLog()
+	}
+	return openList(o.LogPath)
 }
 
 // SnapshotResult describes the shard that Snapshot wrote.
@@ -69,7 +85,7 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = DefaultMaxAttempts
 	}
-	list, err := openList(opts.LogPath)
+	list, err := opts.openLog()
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}

@@ -40,7 +40,7 @@ type liveScan struct {
 // entries for PCRs above 23, which never change the TPM, in the quoted shard
 // instead of its tail.
 func (s *snapshotter) scanLive(target pcr.Values) (*liveScan, error) {
-	f, err := openList(s.opts.LogPath)
+	f, err := s.opts.openLog()
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -141,7 +141,7 @@ func (s *snapshotter) spool(scan *liveScan) (*spool, error) {
 		tailEnd = scan.endOffset
 	}
 
-	f, err := openList(s.opts.LogPath)
+	f, err := s.opts.openLog()
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}

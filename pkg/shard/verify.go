@@ -30,6 +30,10 @@ type LiveOptions struct {
 	// LiveFirstIndex is the history index of LogPath's first entry; nil
 	// derives it from the boot ID (see SnapshotOptions.LiveFirstIndex).
 	LiveFirstIndex *int64
+
+	// OpenLog, when set, opens the list in place of LogPath (see
+	// SnapshotOptions.OpenLog).
+	OpenLog func() (io.ReadCloser, error)
 }
 
 // VerifyOptions configures Verify.
@@ -498,7 +502,11 @@ func verifyLive(ctx context.Context, opts VerifyOptions, report *Report) error {
 	}
 	lr.Checks = append(lr.Checks, Check{Name: "quote", OK: true, Detail: "fresh quote over a random nonce, signed by the pinned AK"})
 
-	attested, total, err := matchLive(ctx, logPath, live.LogOptions, end, bootFirst, values)
+	open := live.OpenLog
+	if open == nil {
+		open = func() (io.ReadCloser, error) { return openList(logPath) }
+	}
+	attested, total, err := matchLive(ctx, logPath, open, live.LogOptions, end, bootFirst, values)
 	if err != nil {
 		return fail("replay", err)
 	}
@@ -511,8 +519,8 @@ func verifyLive(ctx context.Context, opts VerifyOptions, report *Report) error {
 
 // matchLive replays the live list from the chain end and returns the length
 // of the longest prefix that reaches values, and how many entries it read.
-func matchLive(ctx context.Context, path string, opts imalog.Options, end *chainEnd, bootFirst int64, values pcr.Values) (int64, int64, error) {
-	f, err := openList(path)
+func matchLive(ctx context.Context, path string, open func() (io.ReadCloser, error), opts imalog.Options, end *chainEnd, bootFirst int64, values pcr.Values) (int64, int64, error) {
+	f, err := open()
 	if err != nil {
 		return 0, 0, err
 	}

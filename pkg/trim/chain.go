@@ -35,6 +35,7 @@ func CoveredFromChain(dir string, from int64) (Covered, pcr.Alg, error) {
 		covered.ChainEnd = next
 		if i == len(files)-1 {
 			next = h.FirstIndex + h.Entries.Count
+			covered.Anchor = &Anchor{Index: next, Values: h.End.Clone()}
 		}
 		if next <= from {
 			sf.Close()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,6 +128,29 @@ func TestGuestKexecHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("after kexec_file_load: %d current entries, %d staged bytes", count, len(staged))
+
+	// The kernel would still delete now, but Trim rejects the request
+	// while an image is loaded and changes neither the lists nor the state.
+	h := g.live()
+	for _, staged := range []bool{false, true} {
+		if _, err := Trim(g.opts(staged), g.shards(len(h))); !errors.Is(err, ErrKexecLoaded) {
+			t.Errorf("Trim (staged %v) with a kexec image loaded = %v, want ErrKexecLoaded", staged, err)
+		}
+	}
+	after, err := g.fs.Count()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stagedAfter, err := g.fs.ReadStaged(pcr.SHA1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after < count || !bytes.Equal(stagedAfter, staged) {
+		t.Errorf("after the rejected trims: %d current entries (were %d), staged list changed %v", after, count, !bytes.Equal(stagedAfter, staged))
+	}
+	if _, err := os.Stat(filepath.Join(g.dir, StateFile)); err == nil {
+		t.Error("a rejected trim wrote a state file")
+	}
 }
 
 func TestGuestAfterKexec(t *testing.T) {

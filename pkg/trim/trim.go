@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/securityfs"
 )
@@ -23,10 +25,37 @@ var (
 	// trim needs it to check the live list.
 	ErrGap = errors.New("shards do not cover the start of the live list")
 
-	// ErrAmbiguous reports an interrupted trim whose outcome the live list
-	// cannot decide. Run `imashard verify --live` on both candidate states.
+	// ErrAmbiguous reports an interrupted trim whose outcome neither the
+	// live list nor a replay to the TPM's PCRs decides.
 	ErrAmbiguous = errors.New("cannot tell whether an interrupted trim deleted entries")
+
+	// ErrKexecLoaded reports a trim while a kexec image is loaded. Linux
+	// 7.2 still deletes then (it fails with ESTALE or EACCES only once the
+	// kexec executes), but the next kernel receives only what is left, and
+	// the shards packed for it when the image was loaded may not hold
+	// what the trim deletes. Nothing is deleted.
+	ErrKexecLoaded = errors.New("a kexec image is loaded")
 )
+
+// kexecLoadedPath is the sysfs file that reads "1" while a kexec image is
+// loaded (kexec_load or kexec_file_load) and not yet executed.
+var kexecLoadedPath = "/sys/kernel/kexec_loaded"
+
+// checkNoKexecLoaded returns ErrKexecLoaded while a kexec image is loaded.
+// A kernel without CONFIG_KEXEC has no such file and cannot kexec.
+func checkNoKexecLoaded() error {
+	data, err := os.ReadFile(kexecLoadedPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", kexecLoadedPath, err)
+	}
+	if strings.TrimSpace(string(data)) == "0" {
+		return nil
+	}
+	return fmt.Errorf("%w (%s is %s): deleting entries now would hand the next kernel a list that the shards packed at load time may not cover; trim after the kexec, or unload the image (kexec -u) first", ErrKexecLoaded, kexecLoadedPath, strings.TrimSpace(string(data)))
+}
 
 // crashPoint lets crash tests end the process at a step of a trim.
 var crashPoint = func(step string) {}
@@ -39,6 +68,10 @@ type Covered struct {
 	// ChainEnd is the history index right after the chain, the last
 	// shard's tail included. Zero means End().
 	ChainEnd int64
+
+	// Anchor is the last shard's quoted end, or nil. Trim replays from it
+	// to decide an interrupted trim that the list cannot decide.
+	Anchor *Anchor
 }
 
 // chainEnd returns ChainEnd, or End() when it is not set.
@@ -71,6 +104,12 @@ type Options struct {
 	// Staged deletes through the _staged file (stage, compare, delete)
 	// instead of writing a count to the measurement file.
 	Staged bool
+
+	// ReadPCRs, when set, lets Trim decide an interrupted trim that the
+	// list alone cannot decide, by replaying both outcomes to the PCRs.
+	ReadPCRs PCRReader
+	// LogOptions parses entries for that replay; a zero DigestAlg means Alg.
+	LogOptions imalog.Options
 }
 
 // Result reports what Trim did.
@@ -90,6 +129,12 @@ type Result struct {
 func Trim(opts Options, covered Covered) (*Result, error) {
 	if err := opts.FS.CheckStaging(); err != nil {
 		return nil, err
+	}
+	if err := securityfs.CheckCapSysAdmin(); err != nil {
+		return nil, fmt.Errorf("trim: %w", err)
+	}
+	if err := checkNoKexecLoaded(); err != nil {
+		return nil, fmt.Errorf("trim: %w", err)
 	}
 	st, err := LoadState(opts.Dir)
 	if err != nil {
@@ -130,7 +175,21 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 
 	res := &Result{}
 	if st.Pending != nil {
-		if err := resolvePending(opts.Dir, st, view); err != nil {
+		decide := func() (bool, error) {
+			return decideByReplay(opts, st.Pending, st.KernelStart(), covered, func() ([][]byte, error) {
+				// The writer holds the lock, so the list has only grown.
+				data, err := readAll(w)
+				if err != nil {
+					return nil, err
+				}
+				current, err := opts.Split(data)
+				if err != nil {
+					return nil, fmt.Errorf("parse %s: %w", w.Name(), err)
+				}
+				return append(append([][]byte{}, view.staged...), current...), nil
+			})
+		}
+		if err := resolvePending(opts.Dir, st, view, decide); err != nil {
 			return nil, err
 		}
 		res.Recovered = true
@@ -142,6 +201,7 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 		return nil, err
 	}
 	res.CarryUsed = used
+	removeUnusedCarry(opts.Dir, st)
 
 	if covered.End() > st.KernelStart() && covered.Start > st.KernelStart() {
 		return nil, fmt.Errorf("%w: the kernel list starts at history index %d, the shards at %d", ErrGap, st.KernelStart(), covered.Start)
@@ -192,9 +252,9 @@ func readLists(opts Options) (kernelView, error) {
 		}
 	}()
 	for _, p := range paths {
-		f, err := os.Open(p)
+		f, err := securityfs.OpenReader(p, opts.FS.Retry)
 		if err != nil {
-			return v, fmt.Errorf("open %s: %w", p, err)
+			return v, fmt.Errorf("trim: %w", err)
 		}
 		files = append(files, f)
 	}
@@ -263,6 +323,9 @@ func trimCount(opts Options, st *State, view kernelView, covered Covered, w *sec
 	}
 	crashPoint("intent-recorded")
 
+	if err := checkNoKexecLoaded(); err != nil {
+		return abortPending(opts.Dir, st, fmt.Errorf("trim %d entries: %w", n, err))
+	}
 	if err := w.Trim(n); err != nil {
 		// The kernel deletes all n entries or none, and it failed.
 		return abortPending(opts.Dir, st, fmt.Errorf("trim %d entries: %w", n, err))
@@ -278,8 +341,13 @@ func trimCount(opts Options, st *State, view kernelView, covered Covered, w *sec
 }
 
 func trimStaged(opts Options, st *State, view kernelView, covered Covered, w *securityfs.Writer, res *Result) error {
-	if len(view.staged) > 0 && st.Carry > 0 {
-		return fmt.Errorf("trim: %d carried entries and %d staged entries wait for a shard; run snapshot first", st.Carry, len(view.staged))
+	// Carried entries come before the kernel's list, so the shards can
+	// hold a kernel entry only once they hold every carried one, and
+	// dropCoveredCarry has then dropped them all.
+	start := st.KernelStart()
+	if covered.End() <= start {
+		slog.Info("trim: the shards hold no entry of the kernel list; nothing is staged or deleted", "kernel_start", start, "shards_end", covered.End())
+		return nil
 	}
 
 	staged := view.staged
@@ -306,12 +374,7 @@ func trimStaged(opts Options, st *State, view kernelView, covered Covered, w *se
 		}
 	}
 
-	start := st.KernelStart()
 	n := covered.End() - start
-	if n <= 0 {
-		slog.Info("trim: the shards hold no staged entry yet; they stay staged", "staged", len(staged))
-		return nil
-	}
 	if n > int64(len(staged)) {
 		n = int64(len(staged))
 	}
@@ -332,6 +395,7 @@ func trimStaged(opts Options, st *State, view kernelView, covered Covered, w *se
 		}
 		after.CarryFile = name
 		after.Carry = int64(len(uncovered))
+		crashPoint("carry-written")
 	}
 	after.LiveStart = start + n
 
@@ -340,6 +404,9 @@ func trimStaged(opts Options, st *State, view kernelView, covered Covered, w *se
 	}
 	crashPoint("intent-recorded")
 
+	if err := checkNoKexecLoaded(); err != nil {
+		return abortPending(opts.Dir, st, fmt.Errorf("delete %d staged entries: %w", len(staged), err))
+	}
 	if err := w.Delete(); err != nil {
 		return abortPending(opts.Dir, st, fmt.Errorf("delete %d staged entries: %w", len(staged), err))
 	}
@@ -392,8 +459,9 @@ func abortPending(dir string, st *State, cause error) error {
 }
 
 // resolvePending decides from the kernel's lists whether a recorded
-// deletion happened, and records the outcome.
-func resolvePending(dir string, st *State, view kernelView) error {
+// deletion happened, and records the outcome. When the lists fit both
+// outcomes, decide chooses.
+func resolvePending(dir string, st *State, view kernelView, decide func() (deleted bool, err error)) error {
 	p := st.Pending
 	var notDeleted, deleted bool
 	if p.Staged {
@@ -412,10 +480,14 @@ func resolvePending(dir string, st *State, view kernelView) error {
 			bytes.Equal(digestEntries(list[:kept]), p.KeptDigest)
 	}
 
+	if notDeleted && deleted {
+		var err error
+		if deleted, err = decide(); err != nil {
+			return err
+		}
+		notDeleted = !deleted
+	}
 	switch {
-	case notDeleted && deleted:
-		// TODO: decide by replaying both candidates to the TPM's PCRs.
-		return fmt.Errorf("%w: the list starts with the same %d entries either way; check with `imashard verify --live`, then edit %s", ErrAmbiguous, p.Count, StateFile)
 	case deleted:
 		slog.Info("trim: an interrupted trim had deleted its entries; recording it", "count", p.Count)
 		*st = *p.After
@@ -474,13 +546,37 @@ func dropCoveredCarry(dir string, st *State, covered Covered, split SplitFunc) (
 		if err := WriteFileDurable(filepath.Join(dir, next.CarryFile), bytes.Join(entries[n:], nil)); err != nil {
 			return 0, err
 		}
+		crashPoint("carry-rewritten")
 	}
+	// The state names the old carry file until this save, so a crash
+	// before it leaves at most an unused new file, and one after it at
+	// most the unused old file; removeUnusedCarry deletes either later.
 	if err := SaveState(dir, &next); err != nil {
 		return 0, err
 	}
+	crashPoint("carry-dropped")
 	*st = next
 	if old != st.CarryFile {
 		removeStaleCarry(dir, old)
 	}
+	slog.Info("trim: shards now hold carried entries; dropped them", "dropped", n, "still_carried", next.Carry, "live_start", next.LiveStart)
 	return n, nil
+}
+
+// removeUnusedCarry deletes carry files that neither the state nor its
+// pending trim names. A crash between writing a carry file and recording
+// it, or between recording a new one and deleting the old, leaves one.
+func removeUnusedCarry(dir string, st *State) {
+	files, err := filepath.Glob(filepath.Join(dir, "carry-*.bin"))
+	if err != nil {
+		return
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		if name == st.CarryFile || (st.Pending != nil && name == st.Pending.After.CarryFile) {
+			continue
+		}
+		slog.Info("trim: removing a carry file that no state names", "file", name)
+		removeStaleCarry(dir, name)
+	}
 }

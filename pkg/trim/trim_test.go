@@ -17,6 +17,7 @@ import (
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/securityfs"
+	"github.com/imashard/imashard/pkg/tpm"
 )
 
 func TestMain(m *testing.M) {
@@ -131,7 +132,7 @@ func TestResolvePending(t *testing.T) {
 		dir := t.TempDir()
 		st := pendingState()
 		live := append(entries("a", "b", "c", "d"), entry("e"))
-		if err := resolvePending(dir, st, kernelView{current: live}); err != nil {
+		if err := resolvePending(dir, st, kernelView{current: live}, undecidable); err != nil {
 			t.Fatal(err)
 		}
 		if st.LiveStart != 10 || st.Pending != nil {
@@ -142,7 +143,7 @@ func TestResolvePending(t *testing.T) {
 		dir := t.TempDir()
 		st := pendingState()
 		live := entries("c", "d", "e")
-		if err := resolvePending(dir, st, kernelView{current: live}); err != nil {
+		if err := resolvePending(dir, st, kernelView{current: live}, undecidable); err != nil {
 			t.Fatal(err)
 		}
 		if st.LiveStart != 12 || st.Pending != nil {
@@ -163,17 +164,17 @@ func TestResolvePending(t *testing.T) {
 			}}
 		}
 		st := mk()
-		if err := resolvePending(t.TempDir(), st, kernelView{staged: entries("a", "b"), current: entries("c")}); err != nil || st.LiveStart != 0 {
+		if err := resolvePending(t.TempDir(), st, kernelView{staged: entries("a", "b"), current: entries("c")}, undecidable); err != nil || st.LiveStart != 0 {
 			t.Errorf("still staged: state %+v, %v; want live start 0", st, err)
 		}
 		st = mk()
-		if err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "b")}); err != nil || st.LiveStart != 2 {
+		if err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "b")}, undecidable); err != nil || st.LiveStart != 2 {
 			t.Errorf("staged list empty: state %+v, %v; want live start 2", st, err)
 		}
 	})
 	t.Run("changed by others", func(t *testing.T) {
 		st := pendingState()
-		err := resolvePending(t.TempDir(), st, kernelView{current: entries("x", "y")})
+		err := resolvePending(t.TempDir(), st, kernelView{current: entries("x", "y")}, undecidable)
 		if !errors.Is(err, ErrMismatch) {
 			t.Fatalf("resolvePending = %v, want ErrMismatch", err)
 		}
@@ -185,11 +186,25 @@ func TestResolvePending(t *testing.T) {
 			HeadDigest: digestEntries(same[:1]), KeptDigest: digestEntries(same[1:]),
 			After: &State{LiveStart: 1},
 		}}
-		err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "a")})
+		called := false
+		decide := func() (bool, error) {
+			called = true
+			return false, ErrAmbiguous
+		}
+		err := resolvePending(t.TempDir(), st, kernelView{current: entries("a", "a")}, decide)
+		if !called {
+			t.Error("resolvePending did not ask decide about a list that fits both outcomes")
+		}
 		if !errors.Is(err, ErrAmbiguous) {
 			t.Fatalf("resolvePending = %v, want ErrAmbiguous", err)
 		}
 	})
+}
+
+// undecidable is the decide function of resolvePending cases whose list
+// decides by itself.
+func undecidable() (bool, error) {
+	return false, errors.New("decide called for a list that fits one outcome only")
 }
 
 func TestCompareCovered(t *testing.T) {
@@ -223,7 +238,8 @@ func TestInKernel(t *testing.T) {
 	if res.ExitCode != 0 {
 		t.Fatalf("guest tests exited with %d", res.ExitCode)
 	}
-	for _, name := range []string{"TestGuestTrimRounds", "TestGuestTrimMismatch", "TestGuestTrimStagedCarry", "TestGuestTrimCrash"} {
+	for _, name := range []string{"TestGuestTrimRounds", "TestGuestTrimMismatch", "TestGuestTrimStagedCarry", "TestGuestTrimCrash",
+		"TestGuestTrimCarryCrash", "TestGuestTrimAmbiguous", "TestGuestTrimNonRoot"} {
 		if !strings.Contains(res.Console, "--- PASS: "+name) {
 			t.Errorf("guest did not pass %s", name)
 		}
@@ -420,13 +436,7 @@ func TestGuestTrimCrash(t *testing.T) {
 					t.Fatal(err)
 				}
 
-				cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
-				cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+g.dir, "CRASH_STEP="+step, fmt.Sprintf("CRASH_STAGED=%v", staged))
-				out, err := cmd.CombinedOutput()
-				var exit *exec.ExitError
-				if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-					t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
-				}
+				runCrashChild(t, g.dir, step, staged)
 
 				st, err := LoadState(g.dir)
 				if err != nil {
@@ -452,6 +462,238 @@ func TestGuestTrimCrash(t *testing.T) {
 				g.live()
 			})
 		}
+	}
+}
+
+// TestGuestTrimCarryCrash kills a staged trim at each step that writes,
+// rewrites or drops a carry file, and checks that the next Trim leaves
+// the state, the carry file and the kernel list agreeing, with no entry
+// lost or repeated.
+func TestGuestTrimCarryCrash(t *testing.T) {
+	for _, step := range []string{"carry-written", "carry-rewritten", "carry-dropped"} {
+		t.Run(step, func(t *testing.T) {
+			g := newGuest(t)
+			g.measure(3)
+			h := g.live()
+			covered := g.shards(len(h) - 2)
+			if step != "carry-written" {
+				// A first staged trim carries the uncovered entries. The
+				// child then finds the shards holding the first carried
+				// entry (the carry file is rewritten) or all of them.
+				res, err := Trim(g.opts(true), covered)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Carried < 2 {
+					t.Fatalf("first staged trim carried %d entries, want at least 2", res.Carried)
+				}
+				g.live()
+				st, err := LoadState(g.dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				end := st.LiveStart + 1
+				if step == "carry-dropped" {
+					end = st.KernelStart()
+				}
+				covered = g.shards(int(end))
+			}
+			if err := saveCovered(g.dir, covered); err != nil {
+				t.Fatal(err)
+			}
+
+			runCrashChild(t, g.dir, step, true)
+
+			if _, err := Trim(g.opts(true), covered); err != nil {
+				t.Fatalf("Trim after a crash at %s: %v", step, err)
+			}
+			st, err := LoadState(g.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Pending != nil || st.LiveStart != covered.End() {
+				t.Errorf("state after recovery = %+v, want live start %d and no pending trim", st, covered.End())
+			}
+			files, _ := filepath.Glob(filepath.Join(g.dir, "carry-*.bin"))
+			want := 0
+			if st.CarryFile != "" {
+				want = 1
+			}
+			if len(files) != want || (want == 1 && filepath.Base(files[0]) != st.CarryFile) {
+				t.Errorf("carry files %v, want only the one the state names (%q)", files, st.CarryFile)
+			}
+			g.live()
+		})
+	}
+}
+
+// TestGuestTrimAmbiguous interrupts count trims of the first entry of a
+// list that holds two identical violation entries: it starts with the
+// same entry whether or not the kernel deleted the first. (The kernel
+// adds no measurement whose template digest it already has, but it adds
+// every violation.) Replaying both outcomes to the real TPM's PCRs must
+// find the one that happened.
+func TestGuestTrimAmbiguous(t *testing.T) {
+	for _, step := range []string{"intent-recorded", "deleted"} {
+		t.Run(step, func(t *testing.T) {
+			g := newGuest(t)
+			// The chain directory on tmpfs, which the tcb policy does not
+			// measure, keeps state file writes out of the list.
+			if err := syscall.Mount("tmpfs", g.dir, "tmpfs", 0, ""); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { syscall.Unmount(g.dir, 0) })
+			tp, err := tpm.Open("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tp.Close()
+			banks, err := tp.Banks()
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// Reading a measured file that is open for writing adds an
+			// open_writers violation for its path. A new file at the same
+			// path repeats it byte for byte; its content, measured the
+			// first time only, repeats nothing.
+			path := filepath.Join("/tmp", "violation-"+filepath.Base(g.dir))
+			violate := func() {
+				t.Helper()
+				os.Remove(path)
+				w, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Close()
+				if _, err := w.WriteString("v"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := os.ReadFile(path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			violate()
+
+			// Delete everything seen so far, then anchor the history at
+			// PCR values read between two equal reads of the list.
+			h := g.live()
+			if _, err := Trim(g.opts(false), g.shards(len(h))); err != nil {
+				t.Fatal(err)
+			}
+			var anchor *Anchor
+			for attempt := 0; attempt < 5 && anchor == nil; attempt++ {
+				before := len(g.live())
+				values, err := tp.ReadPCRs(banks, []int{10})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if after := len(g.live()); after == before {
+					anchor = &Anchor{Index: int64(after), Values: values}
+				}
+			}
+			if anchor == nil {
+				t.Fatal("the list kept growing while the PCRs were read")
+			}
+
+			violate()
+			violate()
+			h = g.live()
+			ks := anchor.Index
+			if st, err := LoadState(g.dir); err != nil || st.KernelStart() != ks {
+				t.Fatalf("state %+v, %v: the kernel list must start at the anchor %d, with no other entry in between", st, err, ks)
+			}
+			if int64(len(h)) != ks+2 || !bytes.Equal(h[ks], h[ks+1]) {
+				t.Fatalf("history has %d entries after the anchor at %d, want two identical violations", int64(len(h))-ks, ks)
+			}
+			covered := g.shards(int(ks + 1))
+			covered.Anchor = anchor
+			if err := saveCovered(g.dir, covered); err != nil {
+				t.Fatal(err)
+			}
+
+			runCrashChild(t, g.dir, step, false)
+
+			if step == "deleted" {
+				// The kept violation alone would show the deletion; one more
+				// makes the list start like the undeleted one again.
+				violate()
+			}
+			// Without the TPM the list alone cannot decide.
+			if _, err := Trim(g.opts(false), covered); !errors.Is(err, ErrAmbiguous) {
+				t.Fatalf("Trim without a TPM after a crash at %s = %v, want ErrAmbiguous", step, err)
+			}
+			opts := g.opts(false)
+			opts.ReadPCRs = tp.ReadPCRs
+			res, err := Trim(opts, covered)
+			if err != nil {
+				t.Fatalf("Trim with the TPM after a crash at %s: %v", step, err)
+			}
+			if !res.Recovered || res.LiveStart != ks+1 {
+				t.Errorf("result %+v, want a recovery and live start %d", res, ks+1)
+			}
+			// Only when the child died before deleting does this Trim
+			// delete the entry itself.
+			wantDeleted := int64(0)
+			if step == "intent-recorded" {
+				wantDeleted = 1
+			}
+			if res.Deleted != wantDeleted {
+				t.Errorf("recovery Trim deleted %d entries, want %d", res.Deleted, wantDeleted)
+			}
+			g.live()
+		})
+	}
+}
+
+// TestGuestTrimNonRoot runs a trim as uid 65534, which lacks
+// CAP_SYS_ADMIN, and expects ErrPermission naming the capability.
+func TestGuestTrimNonRoot(t *testing.T) {
+	g := newGuest(t)
+	if err := os.Chmod(g.dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/init", "-test.run=^TestGuestChildTrimNonRoot$", "-test.v")
+	cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "NONROOT_DIR="+g.dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("non-root child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--- PASS: TestGuestChildTrimNonRoot") {
+		t.Fatalf("non-root child did not pass:\n%s", out)
+	}
+}
+
+// TestGuestChildTrimNonRoot runs as uid 65534, started by
+// TestGuestTrimNonRoot.
+func TestGuestChildTrimNonRoot(t *testing.T) {
+	dir := os.Getenv("NONROOT_DIR")
+	if dir == "" || os.Getuid() == 0 {
+		t.Skip("child of TestGuestTrimNonRoot only")
+	}
+	fs, err := securityfs.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Trim(Options{Dir: dir, FS: fs, Alg: pcr.SHA1, Split: SplitWith(imalog.Options{})}, Covered{})
+	if !errors.Is(err, securityfs.ErrPermission) || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+		t.Fatalf("Trim as uid %d = %v, want ErrPermission naming CAP_SYS_ADMIN", os.Getuid(), err)
+	}
+	t.Logf("Trim as uid %d: %v", os.Getuid(), err)
+}
+
+// runCrashChild runs TestGuestChildCrash, which trims the chain in dir
+// with the entries saveCovered stored, and checks that it was killed at
+// step.
+func runCrashChild(t *testing.T, dir, step string, staged bool) {
+	t.Helper()
+	cmd := exec.Command("/init", "-test.run=^TestGuestChildCrash$", "-test.v")
+	cmd.Env = append(os.Environ(), "IMASHARD_GUEST_CHILD=1", "CRASH_DIR="+dir, "CRASH_STEP="+step, fmt.Sprintf("CRASH_STAGED=%v", staged))
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child was not killed at %s: %v\n%s", step, err, out)
 	}
 }
 
