@@ -536,15 +536,16 @@ func (w *bankWorker) extend(q *queuedEntry, count int64) {
 // update sets *flag to now and returns the change in the number of set
 // flags.
 func update(flag *bool, now bool) int {
-	was := *flag
-	*flag = now
-	switch {
-	case now && !was:
-		return 1
-	case was && !now:
-		return -1
+	// Writing only on a change keeps the workers' flags, which may share
+	// a cache line, from bouncing between cores after every entry.
+	if *flag == now {
+		return 0
 	}
-	return 0
+	*flag = now
+	if now {
+		return 1
+	}
+	return -1
 }
 
 // matchTargets is Match for compiled targets, allocating only on a match.
