@@ -29,6 +29,11 @@ type intoReader interface {
 	NextInto(e *imalog.Entry, buf []byte) ([]byte, error)
 }
 
+// prehashBacklog is the number of batches queued for a bank worker at
+// which the reader starts computing that bank's template hashes itself.
+// Tests set it to 0 to prehash every batch.
+var prehashBacklog = 2
+
 // maxReusedBuffer is the largest batch buffer kept for reuse, so that one
 // huge entry does not pin its memory for the rest of the replay.
 const maxReusedBuffer = 1 << 20
@@ -49,7 +54,8 @@ type queuedEntry struct {
 	data      []byte // template data as hashed: padded for the legacy template
 	violation bool
 	sha1Hash  [sha1.Size]byte
-	digestPos int // bank position that checks the template digest; -1: the reader did
+	hash      [sha512.Size]byte // the one other bank's template hash, in a prehashed batch
+	digestPos int               // bank position that checks the template digest; -1: the reader did
 	digest    int
 	match     [4]uint8
 	err       error
@@ -59,11 +65,14 @@ type entryBatch struct {
 	entries []queuedEntry
 	// With a reader that reads into the caller's storage, the entries and
 	// their bytes live here and are reused with the batch.
-	owned   []imalog.Entry
-	buf     []byte
-	base    int64 // entries of this run before the batch
-	err     error // the reader's error after these entries; io.EOF at the end
-	pending sync.WaitGroup
+	owned []imalog.Entry
+	buf   []byte
+	base  int64 // entries of this run before the batch
+	// prehashed: the reader computed the template hash of the one bank
+	// other than sha1, because its worker was falling behind.
+	prehashed bool
+	err       error // the reader's error after these entries; io.EOF at the end
+	pending   sync.WaitGroup
 }
 
 // Result is the outcome of ReplayAll.
@@ -305,6 +314,11 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 
 	into, _ := entries.(intoReader)
 
+	other := -1
+	if len(r.banks) == 2 && sha1Bank >= 0 {
+		other = 1 - sha1Bank
+	}
+
 	var base int64
 	for {
 		var batch *entryBatch
@@ -343,6 +357,20 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 		base += int64(len(batch.entries))
 		// The batch belongs to the collector once sent: decide before.
 		last := batch.err != nil || (len(batch.entries) > 0 && batch.entries[len(batch.entries)-1].err != nil)
+
+		// With one bank besides sha1, the reader takes over that bank's
+		// template hashing for a batch while its worker has a backlog, so
+		// that two cores share the hashing evenly.
+		batch.prehashed = false
+		if other >= 0 && len(workerIn[other]) >= prehashBacklog {
+			batch.prehashed = true
+			for i := range batch.entries {
+				q := &batch.entries[i]
+				if q.err == nil && !q.violation {
+					templateHash(r.banks[other], q.data, q.hash[:])
+				}
+			}
+		}
 
 		batch.pending.Add(len(workerIn))
 		for _, in := range workerIn {
@@ -464,7 +492,7 @@ func (w *bankWorker) run(in <-chan *entryBatch, done <-chan struct{}) {
 			if q.err != nil {
 				break
 			}
-			w.extend(q, batch.base+int64(i)+1)
+			w.extend(q, batch.base+int64(i)+1, batch.prehashed)
 		}
 		batch.pending.Done()
 	}
@@ -472,7 +500,7 @@ func (w *bankWorker) run(in <-chan *entryBatch, done <-chan struct{}) {
 
 // extend extends the bank's PCR with q; count is the number of entries of
 // the run up to and including q.
-func (w *bankWorker) extend(q *queuedEntry, count int64) {
+func (w *bankWorker) extend(q *queuedEntry, count int64, prehashed bool) {
 	var msg, paddedMsg [sha512.Size]byte
 	if q.violation {
 		for i := range w.size {
@@ -482,18 +510,13 @@ func (w *bankWorker) extend(q *queuedEntry, count int64) {
 			paddedMsg[i] = 0xff
 		}
 	} else {
-		switch w.alg {
-		case pcr.SHA1:
+		switch {
+		case w.alg == pcr.SHA1:
 			copy(msg[:], q.sha1Hash[:])
-		case pcr.SHA256:
-			sum := sha256.Sum256(q.data)
-			copy(msg[:], sum[:])
-		case pcr.SHA384:
-			sum := sha512.Sum384(q.data)
-			copy(msg[:], sum[:])
-		case pcr.SHA512:
-			sum := sha512.Sum512(q.data)
-			copy(msg[:], sum[:])
+		case prehashed:
+			msg = q.hash
+		default:
+			templateHash(w.alg, q.data, msg[:])
 		}
 		copy(paddedMsg[:], q.sha1Hash[:])
 		if q.digestPos == w.pos {
@@ -530,6 +553,24 @@ func (w *bankWorker) extend(q *queuedEntry, count int64) {
 		if w.nEqualPadded == len(w.targets) {
 			q.match[w.pos] |= matchPadded
 		}
+	}
+}
+
+// templateHash writes the alg hash of data to out.
+func templateHash(alg pcr.Alg, data, out []byte) {
+	switch alg {
+	case pcr.SHA1:
+		sum := sha1.Sum(data)
+		copy(out, sum[:])
+	case pcr.SHA256:
+		sum := sha256.Sum256(data)
+		copy(out, sum[:])
+	case pcr.SHA384:
+		sum := sha512.Sum384(data)
+		copy(out, sum[:])
+	case pcr.SHA512:
+		sum := sha512.Sum512(data)
+		copy(out, sum[:])
 	}
 }
 

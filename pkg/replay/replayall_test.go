@@ -178,3 +178,34 @@ func TestReplayAllLegacyAndViolations(t *testing.T) {
 		t.Errorf("%d template hash mismatches", n)
 	}
 }
+
+// TestReplayAllPrehashed forces the reader to compute the sha256 template
+// hashes of every batch, a path that otherwise depends on timing, and
+// compares the result with Extend.
+func TestReplayAllPrehashed(t *testing.T) {
+	defer func(old int) { prehashBacklog = old }(prehashBacklog)
+	prehashBacklog = 0
+
+	const file = "ibmtss__utils_sha256.log.bin"
+	opts := imalog.Options{DigestAlg: pcr.SHA256}
+	want := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
+	replayAll(t, openList(t, file, opts), want)
+	got := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
+	if _, err := ReplayAll(openList(t, file, opts), got, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantPerBank, wantPadded := want.Candidates()
+	gotPerBank, gotPadded := got.Candidates()
+	if gotPerBank.Diff(wantPerBank) != nil || gotPadded.Diff(wantPadded) != nil {
+		t.Error("prehashed ReplayAll and Extend disagree")
+	}
+	if n, _ := got.Mismatches(); n != 0 || got.Entries() != 362 {
+		t.Errorf("%d entries, %d mismatches; want 362, 0", got.Entries(), n)
+	}
+
+	target := valuesAfter(t, file, opts, 300, pcr.SHA1, pcr.SHA256)
+	result, err := ReplayAll(openList(t, file, opts), newReplayer(t, nil, pcr.SHA1, pcr.SHA256), target)
+	if err != nil || result.Prefix.Entries != 300 {
+		t.Errorf("prefix: %+v, %v; want 300 entries", result, err)
+	}
+}
