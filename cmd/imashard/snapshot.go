@@ -144,11 +144,6 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	// The first snapshot on a machine creates the chain directory, as
-	// kexec's final snapshot does.
-	if err := os.MkdirAll(*dir, 0o700); err != nil {
-		return fmt.Errorf("create chain directory: %w", err)
-	}
 	var bankList []pcr.Alg
 	if *banks != "" {
 		if bankList, err = pcr.ParseAlgList(*banks); err != nil {
@@ -163,6 +158,12 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		if trimOpts, err = trimOptions(*dir, logPath, logOpts, *trimMode); err != nil {
 			return err
 		}
+	}
+
+	// The first snapshot on a machine creates the chain directory, as
+	// kexec's final snapshot does.
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return fmt.Errorf("create chain directory: %w", err)
 	}
 
 	t, ak, closeTPM, err := af.open()
