@@ -150,7 +150,7 @@ func runQuote(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 // runQuoteVerify checks a quote directory without a TPM.
 func runQuoteVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("quote verify", "quote verify --ak PEM --nonce HEX --pcrs FILE [--json] DIR", stderr)
+	fs := newFlagSet("quote verify", "quote verify --ak PEM --nonce HEX [--pcrs FILE] [--json] DIR", stderr)
 	akPath := fs.String("ak", "", "AK public key: a PEM file (PUBLIC KEY) or a TPM2B_PUBLIC file such as ak.pub (required)")
 	nonceHex := fs.String("nonce", "", "expected qualifying data in hex (required; pass \"\" for none)")
 	pcrsPath := fs.String("pcrs", "", "PCR values the quote must cover: a tpm2-tools PCR file (tpm2_quote -o, quote.pcrs) or imashard's PCR JSON (default: DIR/quote.pcrs)")
