@@ -1,7 +1,13 @@
 package main
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,6 +203,49 @@ func TestVerifyAcceptsTPM2BPublicAK(t *testing.T) {
 		}
 		if !errors.Is(err, shard.ErrMissingShard) {
 			t.Errorf("verify --ak %s: err = %v, want shard.ErrMissingShard after reading the key", name, err)
+		}
+	}
+}
+
+func TestVerifyNamesWrongPEMType(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	template := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ak"}}
+	cert, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	work := t.TempDir()
+	chain := filepath.Join(work, "chain")
+	if err := os.Mkdir(chain, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	blocks := []*pem.Block{
+		{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(&key.PublicKey)},
+		{Type: "PRIVATE KEY", Bytes: pkcs8},
+		{Type: "CERTIFICATE", Bytes: cert},
+	}
+	for _, block := range blocks {
+		path := filepath.Join(work, "ak.pem")
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := runCLI(t, "verify", "--ak", path, chain)
+		if err == nil {
+			t.Fatalf("verify --ak with a %s block succeeded", block.Type)
+		}
+		if !strings.Contains(err.Error(), `"`+block.Type+`"`) {
+			t.Errorf("%s block: error %q does not name the block type", block.Type, err)
+		}
+		if !strings.Contains(err.Error(), "openssl") {
+			t.Errorf("%s block: error %q gives no command that extracts the public key", block.Type, err)
 		}
 	}
 }

@@ -81,6 +81,9 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read next initrd: %w", err)
 	}
+	if err := handoff.CheckKernel(kernel, sc); err != nil {
+		return fmt.Errorf("next kernel %s: %w", *kernelPath, err)
+	}
 	carried, err := handoff.ReadCarry(carry)
 	if err != nil {
 		return err

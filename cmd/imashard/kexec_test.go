@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -41,6 +42,25 @@ func appendedFiles(t *testing.T, initrd, base []byte) map[string][]byte {
 	return files
 }
 
+// minimalBzImage returns the smallest image whose setup header imashard's
+// kexec_load loader accepts (offsets from Linux's
+// Documentation/arch/x86/boot.rst): one setup sector, boot protocol 2.15,
+// a 64-bit entry point, relocatable, 2 MiB alignment.
+func minimalBzImage() []byte {
+	le := binary.LittleEndian
+	img := make([]byte, 3*512)
+	img[0x1f1] = 1                      // setup_sects
+	le.PutUint16(img[0x1fe:], 0xaa55)   // boot_flag
+	img[0x201] = 0x6a                   // the jump: the header ends at 0x26c
+	copy(img[0x202:], "HdrS")           // header
+	le.PutUint16(img[0x206:], 0x020f)   // version
+	img[0x211] = 1                      // loadflags: LOADED_HIGH
+	le.PutUint32(img[0x230:], 0x200000) // kernel_alignment
+	img[0x234] = 1                      // relocatable_kernel
+	le.PutUint16(img[0x236:], 1)        // xloadflags: XLF_KERNEL_64
+	return img
+}
+
 func TestKexecDryRunCarriesChain(t *testing.T) {
 	inst := startSWTPM(t)
 
@@ -53,7 +73,7 @@ func TestKexecDryRunCarriesChain(t *testing.T) {
 	initrdPath := filepath.Join(work, "initrd")
 	note := filepath.Join(work, "carry", "note")
 	os.MkdirAll(filepath.Dir(note), 0o755)
-	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	os.WriteFile(kernel, minimalBzImage(), 0o644)
 	os.WriteFile(initrdPath, base, 0o644)
 	os.WriteFile(note, []byte("carried"), 0o644)
 
@@ -166,5 +186,28 @@ func TestBootWithoutShardsChecksReplay(t *testing.T) {
 	}
 	if rep.Result != bootHistoryMissing || rep.OK {
 		t.Errorf("report = %+v, want history-missing", rep)
+	}
+}
+
+func TestKexecDryRunRejectsNonBzImage(t *testing.T) {
+	work := t.TempDir()
+	kernel := filepath.Join(work, "config-6.1")
+	initrd := filepath.Join(work, "initrd")
+	count := filepath.Join(work, "count")
+	out := filepath.Join(work, "next-initrd")
+	os.WriteFile(kernel, []byte("CONFIG_64BIT=y\n"), 0o644)
+	os.WriteFile(initrd, []byte("initrd"), 0o644)
+	os.WriteFile(count, []byte("1\n"), 0o644)
+
+	_, err := runCLI(t, "kexec", "--dry-run", "--output-initrd", out, "--kernel", kernel, "--initrd", initrd,
+		"--cmdline", "console=ttyS0", "--skip-snapshot", "--force", "--dir", work, "--count", count)
+	if !errors.Is(err, handoff.ErrUnsupportedKernel) {
+		t.Errorf("dry run with a text file as kernel: err = %v, want %v", err, handoff.ErrUnsupportedKernel)
+	}
+	if err != nil && !strings.Contains(err.Error(), kernel) {
+		t.Errorf("error %q does not name the kernel file", err)
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("dry run wrote %s for a kernel kexec_load cannot start: %v", out, err)
 	}
 }

@@ -68,10 +68,13 @@ func (f *listFlags) register(fs *flag.FlagSet) {
 // entrySource is an open list.
 type entrySource struct {
 	replay.EntryReader
-	name    string
-	ascii   bool
-	pending func() int
-	close   func() error
+	name  string
+	ascii bool
+	// rereadable: opening name again reads the list from its start, as
+	// for a regular file; a pipe or FIFO is drained or blocks instead.
+	rereadable bool
+	pending    func() int
+	close      func() error
 }
 
 // openList opens FILE ("-" for standard input, empty for the live
@@ -110,12 +113,16 @@ func openList(path string, f *listFlags, stdin io.Reader) (*entrySource, error) 
 
 	var r io.Reader = stdin
 	closeFn := func() error { return nil }
+	rereadable := false
 	if path != "-" {
 		file, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("open measurement list: %w", err)
 		}
 		r, closeFn = file, file.Close
+		if info, err := file.Stat(); err == nil && info.Mode().IsRegular() {
+			rereadable = true
+		}
 	}
 	br := bufio.NewReaderSize(r, 64<<10)
 
@@ -133,7 +140,7 @@ func openList(path string, f *listFlags, stdin io.Reader) (*entrySource, error) 
 		return nil, fmt.Errorf("%w: --format %q: use binary, ascii or auto", errUsage, f.format)
 	}
 
-	src := &entrySource{name: path, ascii: ascii, close: closeFn}
+	src := &entrySource{name: path, ascii: ascii, rereadable: rereadable, close: closeFn}
 	if ascii {
 		ar := imalog.NewASCIIReader(br, opts)
 		src.EntryReader, src.pending = ar, ar.Pending
@@ -334,7 +341,7 @@ func (p *pcrFileList) String() string     { return strings.Join(*p, " ") }
 func (p *pcrFileList) Set(v string) error { *p = append(*p, v); return nil }
 
 func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("log replay", "log replay [FLAGS] [FILE]\n\nReplay an IMA measurement list (default: the live "+imalog.DefaultListPath+")\ninto PCR values. With --pcrs or --tpm, find the shortest prefix of the list that replays\nto those values (the list is usually ahead of a PCR read or quote) and report\nthe rule each bank followed. A FILE is replayed under the per-bank rule first and read\nagain under both rules only when no prefix matches (kernels before 5.8, and banks the\nkernel cannot hash, extend the padded SHA-1 digest). Exit status 0 only when every\ncheck matches.", stderr)
+	fs := newFlagSet("log replay", "log replay [FLAGS] [FILE]\n\nReplay an IMA measurement list (default: the live "+imalog.DefaultListPath+")\ninto PCR values. With --pcrs or --tpm, find the shortest prefix of the list that replays\nto those values (the list is usually ahead of a PCR read or quote) and report\nthe rule each bank followed. A regular FILE is replayed under the per-bank rule first and\nread again under both rules only when no prefix matches (kernels before 5.8, and banks the\nkernel cannot hash, extend the padded SHA-1 digest). Standard input, pipes and FIFOs are\nread once, under both rules. Exit status 0 only when every check matches.", stderr)
 	var lf listFlags
 	lf.register(fs)
 	var targets pcrFileList
@@ -409,10 +416,10 @@ func runLogReplay(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	defer func() { src.close() }()
 
 	// A list that can be read twice lets replay try the per-bank rule
-	// alone first; standard input can be read once only.
+	// alone first; standard input, pipes and FIFOs can be read once only.
 	report := replayReport{List: src.name}
 	var result *replay.Result
-	if path == "-" {
+	if !src.rereadable {
 		result, err = replay.ReplayAll(src, replayer, target)
 	} else {
 		opened := false

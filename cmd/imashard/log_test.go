@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -240,5 +241,54 @@ func TestLogReplaySysfsDirectoryUsesPCR10(t *testing.T) {
 	}
 	if _, _, err := runCmd(t, nil, "log", "replay", "--pcrs", dir, "--pcr", "11", list); err == nil || !strings.Contains(err.Error(), "no values for PCR 11") {
 		t.Errorf("missing PCR 11: %v", err)
+	}
+}
+
+func TestLogReplayPaddedFromPipe(t *testing.T) {
+	list := testdata + "ibmtss__utils_sha256.log.bin"
+	out, _, err := runCmd(t, nil, "log", "replay", "--bank", "sha256", "--json", list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var report replayReport
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		t.Fatal(err)
+	}
+	var padded string
+	for _, p := range report.PCRs {
+		if p.Bank == "sha256" {
+			padded = p.Padded
+		}
+	}
+	if padded == "" {
+		t.Fatalf("no padded sha256 value in %s", out)
+	}
+	target := filepath.Join(t.TempDir(), "sha256.pcrs")
+	if err := os.WriteFile(target, []byte("PCR-10: "+padded+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// A FILE that is a pipe, as bash's <(...) passes it: opening its path
+	// again reads the same, already drained pipe.
+	data, err := os.ReadFile(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		w.Write(data)
+		w.Close()
+	}()
+	path := fmt.Sprintf("/proc/self/fd/%d", r.Fd())
+	out, stderr, err := runCmd(t, nil, "log", "replay", "--bank", "sha256", "--pcrs", "sha256,"+target, path)
+	if err != nil {
+		t.Fatalf("padded target from a pipe: %v\n%s%s", err, out, stderr)
+	}
+	if !strings.Contains(out, "the first 362 entries replay") {
+		t.Errorf("padded target from a pipe: %s", out)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/imashard/imashard/pkg/pcr"
 	"github.com/imashard/imashard/pkg/tpm"
@@ -149,7 +150,7 @@ func runQuote(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 // runQuoteVerify checks a quote directory without a TPM.
 func runQuoteVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("quote verify", "quote verify --ak PEM --nonce HEX --pcrs FILE [--json] DIR", stderr)
+	fs := newFlagSet("quote verify", "quote verify --ak PEM --nonce HEX [--pcrs FILE] [--json] DIR", stderr)
 	akPath := fs.String("ak", "", "AK public key: a PEM file (PUBLIC KEY) or a TPM2B_PUBLIC file such as ak.pub (required)")
 	nonceHex := fs.String("nonce", "", "expected qualifying data in hex (required; pass \"\" for none)")
 	pcrsPath := fs.String("pcrs", "", "PCR values the quote must cover: a tpm2-tools PCR file (tpm2_quote -o, quote.pcrs) or imashard's PCR JSON (default: DIR/quote.pcrs)")
@@ -247,6 +248,10 @@ func readAKPublic(path string) (crypto.PublicKey, error) {
 		return nil, fmt.Errorf("reading the AK public key: %w", err)
 	}
 	if block, _ := pem.Decode(data); block != nil {
+		if block.Type != "PUBLIC KEY" {
+			return nil, fmt.Errorf("AK public key %s: %w: PEM block %q is not a \"PUBLIC KEY\" (SubjectPublicKeyInfo): extract the public key with %s",
+				path, tpm.ErrUnsupportedKey, block.Type, pemExtractCommand(block.Type, path))
+		}
 		key, err := tpm.ParsePKIXPublicKey(block.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("AK public key %s: %w", path, err)
@@ -258,6 +263,19 @@ func readAKPublic(path string) (crypto.PublicKey, error) {
 		return nil, fmt.Errorf("AK public key %s is neither PEM nor a TPM2B_PUBLIC: %w", path, err)
 	}
 	return key, nil
+}
+
+// pemExtractCommand returns an openssl command line that writes the
+// SubjectPublicKeyInfo of a PEM block of type blockType in path to ak.pem.
+func pemExtractCommand(blockType, path string) string {
+	switch {
+	case blockType == "CERTIFICATE":
+		return "openssl x509 -in " + path + " -pubkey -noout -out ak.pem"
+	case strings.HasSuffix(blockType, "PUBLIC KEY"):
+		return "openssl pkey -pubin -in " + path + " -out ak.pem"
+	default:
+		return "openssl pkey -in " + path + " -pubout -out ak.pem"
+	}
 }
 
 // readPCRFile reads imashard's PCR JSON or a tpm2-tools serialized PCR file.

@@ -186,3 +186,27 @@ func TestSnapshotWithoutNewEntries(t *testing.T) {
 		t.Errorf("snapshot without new entries printed %q, want it to say there were none since index 20", out)
 	}
 }
+
+func TestSnapshotCreatesChainDirectory(t *testing.T) {
+	inst := startSWTPM(t)
+
+	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
+	logPath := filepath.Join(t.TempDir(), "binary_runtime_measurements")
+	measureInto(t, inst.Spec(), src, logPath, 0, 20)
+
+	// The first snapshot on a new machine, as in the README.
+	dir := filepath.Join(t.TempDir(), "var", "lib", "imashard")
+	if _, err := runCLI(t, "snapshot", "--dir", dir, "--log", logPath, "--tpm", inst.Spec()); err != nil {
+		t.Fatalf("snapshot into a missing chain directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, shard.FileName(0))); err != nil {
+		t.Errorf("first shard: %v", err)
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := info.Mode().Perm(); perm != 0o700 {
+		t.Errorf("chain directory mode %v, want 0700 as kexec creates it", perm)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -119,7 +120,7 @@ func (a *tpmAKFlags) open() (*tpm.TPM, *tpm.AK, func(), error) {
 
 func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("snapshot", "snapshot --dir DIR [--log FILE] [--tpm SPEC] [--ak-alg ecc|rsa] [--ak-handle H] [--bank LIST] [--tail] [--trim [--trim-mode count|staged]] [--json]", stderr)
-	dir := fs.String("dir", "", "chain `directory` the new shard is written to; required")
+	dir := fs.String("dir", "", "chain `directory` the new shard is written to; created if missing; required")
 	lf := addLogFlags(fs)
 	af := addTPMAKFlags(fs)
 	banks := fs.String("bank", "", "comma-separated PCR `banks` to record and quote (default: every allocated bank)")
@@ -157,6 +158,12 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		if trimOpts, err = trimOptions(*dir, logPath, logOpts, *trimMode); err != nil {
 			return err
 		}
+	}
+
+	// The first snapshot on a machine creates the chain directory, as
+	// kexec's final snapshot does.
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return fmt.Errorf("create chain directory: %w", err)
 	}
 
 	t, ak, closeTPM, err := af.open()

@@ -38,6 +38,18 @@ func ParseSyscall(s string) (Syscall, error) {
 // requested kexec system call.
 var ErrKexecNotSupported = errors.New("kexec not supported by the running kernel")
 
+// CheckKernel returns an error wrapping ErrUnsupportedKernel when sc is
+// SyscallLoad and kernel is not an image imashard's kexec_load loader can
+// start, so that a wrong --kernel fails before the final snapshot and in a
+// dry run. kexec_file_load checks the image in the running kernel instead.
+func CheckKernel(kernel []byte, sc Syscall) error {
+	if sc != SyscallLoad {
+		return nil
+	}
+	_, err := parseSetupHeader(kernel)
+	return err
+}
+
 // Load loads kernel and initrd, both already in memory, as the next kernel.
 // kexec_load receives them as memory segments from imashard's own loader
 // (x86_64 bzImage, boot protocol 2.12 or later). kexec_file_load receives
