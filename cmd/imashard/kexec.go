@@ -36,7 +36,7 @@ func runKexec(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	cmdline := fs.String("cmdline", "", "command line of the next kernel (default: this kernel's, from /proc/cmdline)")
 	appendArgs := fs.String("append", "", "text added to the end of the command line (after --cmdline or /proc/cmdline)")
 	var carry stringList
-	fs.Var(&carry, "carry", "absolute `path` of a file or directory to carry to the next boot at the same path; repeatable")
+	fs.Var(&carry, "carry", "`path` of a file or directory to carry to the next boot; it appears there at the same absolute path (a relative path is taken from the current directory); repeatable")
 	dir := fs.String("dir", "/run/imashard", "chain `directory`: the final shard is written here and every shard in it is carried")
 	sysName := fs.String("syscall", "load", "kexec system call: load (kexec_load, measures nothing) or file (kexec_file_load, for locked-down kernels)")
 	akf := addTPMAKFlags(fs)
