@@ -233,11 +233,17 @@ func (s *snapshotter) run(ctx context.Context) (*SnapshotResult, error) {
 		}
 
 		res, moved, err := s.quoteAndWrite(scan, target, indexes)
-		if err != nil || moved == nil {
+		if err != nil || !moved {
 			return res, err
 		}
+		// Measurements often come in bursts (a program starting, a
+		// directory walked): back off a little more each time, so that
+		// the attempts outlast a burst instead of all falling inside it.
 		slog.Info("PCRs moved before the quote, cutting again", "attempt", attempt, "entries_read", scan.count)
-		target = moved
+		time.Sleep(time.Duration(attempt) * 20 * time.Millisecond)
+		if target, err = s.readPCRs(indexes); err != nil {
+			return nil, fmt.Errorf("snapshot: read PCRs: %w", err)
+		}
 	}
 	return nil, fmt.Errorf("snapshot: the IMA log kept moving: no stable cut after %d attempts, because measurements arrive faster than a snapshot completes: retry later or raise MaxAttempts", s.opts.MaxAttempts)
 }

@@ -210,18 +210,17 @@ func (sp *spool) remove() {
 
 // quoteAndWrite builds the header for the cut in scan, quotes it and writes
 // the shard. When the quote covers other values than target, because the
-// PCRs moved, it writes nothing and returns the PCRs read again as moved, so
-// the caller cuts again.
-func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes []int) (*SnapshotResult, pcr.Values, error) {
+// PCRs moved, it writes nothing and reports moved, so the caller cuts again.
+func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes []int) (res *SnapshotResult, moved bool, err error) {
 	sp, err := s.spool(scan)
 	if err != nil {
-		return nil, nil, err
+		return nil, false, err
 	}
 	defer sp.remove()
 
 	header, err := s.buildHeader(scan, sp, target)
 	if err != nil {
-		return nil, nil, err
+		return nil, false, err
 	}
 	// The quote is checked against the header's end values directly
 	// instead of reading the PCRs around it: that only needs the PCRs to
@@ -232,27 +231,23 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 	quote, err := s.opts.TPM.Quote(s.opts.AK, nonce[:], s.banks, indexes)
 	s.tpmTime += time.Since(quoteStart)
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapshot: quote: %w", err)
+		return nil, false, fmt.Errorf("snapshot: quote: %w", err)
 	}
 	info, err := tpm.VerifyQuote(s.opts.AK.PublicKey, quote, nonce[:], target)
 	if errors.Is(err, tpm.ErrPCRDigestMismatch) {
-		moved, err := s.readPCRs(indexes)
-		if err != nil {
-			return nil, nil, fmt.Errorf("snapshot: read PCRs: %w", err)
-		}
-		return nil, moved, nil
+		return nil, true, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapshot: check own quote: %w", err)
+		return nil, false, fmt.Errorf("snapshot: check own quote: %w", err)
 	}
 	if err := s.checkReset(info); err != nil {
-		return nil, nil, err
+		return nil, false, err
 	}
 	crashPoint(8)
 
 	trailer, err := MarshalTrailer(Trailer{Attest: quote.Attest, Signature: quote.Signature})
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapshot: %w", err)
+		return nil, false, fmt.Errorf("snapshot: %w", err)
 	}
 	seq := uint64(0)
 	if s.end != nil {
@@ -261,10 +256,10 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 	sections := io.NewSectionReader(sp.file, 0, sp.entries.Size+sp.tail.Size)
 	path, err := writeShardFrom(s.opts.Dir, seq, bytes.NewReader(header), sections, bytes.NewReader(trailer))
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapshot: %w", err)
+		return nil, false, fmt.Errorf("snapshot: %w", err)
 	}
 
-	res := &SnapshotResult{
+	res = &SnapshotResult{
 		Path:           path,
 		Sequence:       seq,
 		FirstIndex:     s.firstIndex(),
@@ -275,7 +270,7 @@ func (s *snapshotter) quoteAndWrite(scan *liveScan, target pcr.Values, indexes [
 		TPMTime:        s.tpmTime,
 	}
 	slog.Info("snapshot written", "path", path, "sequence", seq, "first_index", res.FirstIndex, "entries", res.Entries, "tail", res.TailEntries, "pending", scan.count-res.Entries-res.TailEntries)
-	return res, nil, nil
+	return res, false, nil
 }
 
 func (s *snapshotter) buildHeader(scan *liveScan, sp *spool, target pcr.Values) ([]byte, error) {
