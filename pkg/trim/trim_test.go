@@ -104,7 +104,11 @@ func TestLoadStateRejectsBadFiles(t *testing.T) {
 		"future version": `{"version": 9, "live_start": 1}`,
 		"negative start": `{"version": 1, "live_start": -1}`,
 		"carry no file":  `{"version": 1, "live_start": 1, "carry": 3}`,
-		"pending empty":  `{"version": 1, "live_start": 1, "pending": {"count": 0, "list_entries": 0, "after": {}}}`,
+		// A trim deletes a carry file once the shards hold its entries,
+		// so the name must not be able to point at the state or a shard.
+		"carry names state": `{"version": 1, "live_start": 1, "carry": 3, "carry_file": "live-state.json"}`,
+		"carry names shard": `{"version": 1, "live_start": 1, "carry": 3, "carry_file": "shard-000001.bin"}`,
+		"pending empty":     `{"version": 1, "live_start": 1, "pending": {"count": 0, "list_entries": 0, "after": {}}}`,
 	}
 	for name, content := range cases {
 		dir := t.TempDir()
