@@ -68,6 +68,15 @@ func openLiveList(dir, logPath string, logOpts imalog.Options) (*liveList, error
 		if err != nil {
 			return nil, err
 		}
+		if hasState {
+			st, err := trim.LoadState(dir)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkLiveStart(dir, st.KernelStart(), 0); err != nil {
+				return nil, err
+			}
+		}
 		return newLiveList(dir, nil, &trim.State{}, logPath, staging, split)
 	}
 	last, err := shard.Open(files[len(files)-1].Path)
@@ -75,6 +84,7 @@ func openLiveList(dir, logPath string, logOpts imalog.Options) (*liveList, error
 		return nil, err
 	}
 	lastBoot := last.Header.BootID
+	chainEnd := last.Header.EndIndex()
 	last.Close()
 	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
@@ -97,6 +107,9 @@ func openLiveList(dir, logPath string, logOpts imalog.Options) (*liveList, error
 	}
 	if !newBoot {
 		start := st.LiveStart
+		if err := checkLiveStart(dir, start, chainEnd); err != nil {
+			return nil, err
+		}
 		return newLiveList(dir, &start, st, logPath, staging, split)
 	}
 
@@ -106,6 +119,18 @@ func openLiveList(dir, logPath string, logOpts imalog.Options) (*liveList, error
 	}
 	start := next.LiveStart
 	return newLiveList(dir, &start, next, logPath, staging, split)
+}
+
+// checkLiveStart rejects a live list that starts past the end of the
+// chain. Trims delete only what shards hold, so the entries in between
+// were in a shard that is gone, or live-state.json was edited. Replaying
+// across that hole could only fail, with an error that blames the TPM.
+func checkLiveStart(dir string, start, chainEnd int64) error {
+	if start <= chainEnd {
+		return nil
+	}
+	return fmt.Errorf("%w: %s places the live list at history index %d, but the shards in %s end at %d, so entries %d to %d are in no shard and no longer in the kernel's list: restore the missing shard",
+		trim.ErrGap, trim.StateFile, start, dir, chainEnd, chainEnd, start-1)
 }
 
 // newLiveList returns the placement with first as its start and, on a

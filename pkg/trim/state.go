@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 // StateFile is the name of the state file in the chain directory.
@@ -113,8 +115,10 @@ func (s *State) validate(allowPending bool) error {
 	if s.Carry < 0 || (s.Carry > 0) != (s.CarryFile != "") {
 		return fmt.Errorf("invalid carry of %d entries in %q", s.Carry, s.CarryFile)
 	}
-	if s.CarryFile != "" && filepath.Base(s.CarryFile) != s.CarryFile {
-		return fmt.Errorf("invalid carry file name %q: it must name a file in the chain directory", s.CarryFile)
+	if s.CarryFile != "" && !isCarryFileName(s.CarryFile) {
+		// A trim deletes the carry file once shards hold its entries, so
+		// a hand-edited name must not reach the state file or a shard.
+		return fmt.Errorf("invalid carry file name %q: it must be carry-<history index>.bin in the chain directory", s.CarryFile)
 	}
 	p := s.Pending
 	if p == nil {
@@ -130,6 +134,21 @@ func (s *State) validate(allowPending bool) error {
 		return fmt.Errorf("pending trim: %w", err)
 	}
 	return nil
+}
+
+// isCarryFileName reports whether name has the form carry-<N>.bin that
+// trims give carry files.
+func isCarryFileName(name string) bool {
+	digits, ok := strings.CutPrefix(name, "carry-")
+	if !ok {
+		return false
+	}
+	digits, ok = strings.CutSuffix(digits, ".bin")
+	if !ok || digits == "" {
+		return false
+	}
+	_, err := strconv.ParseUint(digits, 10, 63)
+	return err == nil
 }
 
 // SaveState writes the state file durably: a temporary file, fsync,

@@ -57,7 +57,8 @@ func checkNoKexecLoaded() error {
 	return fmt.Errorf("%w (%s is %s): deleting entries now would hand the next kernel a list that the shards packed at load time may not cover; trim after the kexec, or unload the image (kexec -u) first", ErrKexecLoaded, kexecLoadedPath, strings.TrimSpace(string(data)))
 }
 
-// crashPoint lets crash tests end the process at a step of a trim.
+// crashPoint lets tests act at a step of a trim: end the process, or run
+// another trim in between.
 var crashPoint = func(step string) {}
 
 // Covered is the part of the history that durable shards hold.
@@ -140,6 +141,7 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	crashPoint("state-loaded")
 
 	// Only one list is opened for writing. The kernel tracks a second
 	// write open per thread, and a process killed while holding two leaves
@@ -157,6 +159,14 @@ func Trim(opts Options, covered Covered) (*Result, error) {
 		return nil, fmt.Errorf("trim: %w", err)
 	}
 	defer w.Close()
+
+	// Read the state again, because no other trim can run now. Every trim
+	// records its outcome while it holds its write open. One that finished
+	// since the first read may have moved the start or named a new carry
+	// file, which a stale state would treat as unused and remove.
+	if st, err = LoadState(opts.Dir); err != nil {
+		return nil, err
+	}
 
 	view := before
 	data, err := readAll(w)

@@ -104,7 +104,11 @@ func TestLoadStateRejectsBadFiles(t *testing.T) {
 		"future version": `{"version": 9, "live_start": 1}`,
 		"negative start": `{"version": 1, "live_start": -1}`,
 		"carry no file":  `{"version": 1, "live_start": 1, "carry": 3}`,
-		"pending empty":  `{"version": 1, "live_start": 1, "pending": {"count": 0, "list_entries": 0, "after": {}}}`,
+		// A trim deletes a carry file once the shards hold its entries,
+		// so the name must not be able to point at the state or a shard.
+		"carry names state": `{"version": 1, "live_start": 1, "carry": 3, "carry_file": "live-state.json"}`,
+		"carry names shard": `{"version": 1, "live_start": 1, "carry": 3, "carry_file": "shard-000001.bin"}`,
+		"pending empty":     `{"version": 1, "live_start": 1, "pending": {"count": 0, "list_entries": 0, "after": {}}}`,
 	}
 	for name, content := range cases {
 		dir := t.TempDir()
@@ -239,7 +243,7 @@ func TestInKernel(t *testing.T) {
 		t.Fatalf("guest tests exited with %d", res.ExitCode)
 	}
 	for _, name := range []string{"TestGuestTrimRounds", "TestGuestTrimMismatch", "TestGuestTrimStagedCarry", "TestGuestTrimCrash",
-		"TestGuestTrimCarryCrash", "TestGuestTrimAmbiguous", "TestGuestTrimNonRoot"} {
+		"TestGuestTrimCarryCrash", "TestGuestTrimAmbiguous", "TestGuestTrimNonRoot", "TestGuestTrimConcurrentStaged"} {
 		if !strings.Contains(res.Console, "--- PASS: "+name) {
 			t.Errorf("guest did not pass %s", name)
 		}
@@ -525,6 +529,58 @@ func TestGuestTrimCarryCrash(t *testing.T) {
 			g.live()
 		})
 	}
+}
+
+// TestGuestTrimConcurrentStaged runs a second staged trim to completion
+// after a first one has read the state file but before it opens a list.
+// The second trim carries entries to a carry file, and the first must
+// then work from the state the second recorded: removing that carry file
+// as unused would lose entries the kernel no longer has.
+func TestGuestTrimConcurrentStaged(t *testing.T) {
+	g := newGuest(t)
+	g.measure(3)
+	h := g.live()
+	covered := g.shards(len(h) - 2)
+
+	var second *Result
+	var secondErr error
+	ran := false
+	crashPoint = func(step string) {
+		if step != "state-loaded" || ran {
+			return
+		}
+		ran = true
+		second, secondErr = Trim(g.opts(true), covered)
+	}
+	t.Cleanup(func() { crashPoint = func(string) {} })
+
+	first, err := Trim(g.opts(true), covered)
+	if !ran {
+		t.Fatal("the second trim did not run: Trim has no state-loaded step")
+	}
+	if secondErr != nil {
+		t.Fatalf("second trim: %v", secondErr)
+	}
+	if second.Carried < 2 {
+		t.Fatalf("second trim carried %d entries, want the 2 uncovered staged entries at least", second.Carried)
+	}
+	if err != nil {
+		t.Errorf("first trim after the second finished: %v", err)
+	} else if first.Deleted != 0 {
+		t.Errorf("first trim deleted %d entries after the second trimmed everything the shards hold", first.Deleted)
+	}
+
+	st, err := LoadState(g.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CarryFile == "" {
+		t.Fatalf("state %+v names no carry file after the second trim carried entries", st)
+	}
+	if _, err := os.Stat(filepath.Join(g.dir, st.CarryFile)); err != nil {
+		t.Fatalf("carry file the state names: %v (its entries are lost)", err)
+	}
+	g.live()
 }
 
 // TestGuestTrimAmbiguous interrupts count trims of the first entry of a
