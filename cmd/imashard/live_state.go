@@ -60,7 +60,7 @@ func openLiveList(dir, logPath string, logOpts imalog.Options) (*liveList, error
 
 	// Only the kernel's own list can have been carried, staged or
 	// trimmed; a list saved to a file keeps the shard package's rule.
-	live := strings.HasPrefix(logPath, securityfs.DefaultMountPoint+"/")
+	live := isLiveList(logPath)
 	staging := live && trim.StagedTwin(logPath) != ""
 
 	files, err := shard.ListChain(dir)

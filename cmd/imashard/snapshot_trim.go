@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -40,8 +41,14 @@ type trimBeforeResult struct {
 	LiveStart    int64 `json:"live_start"`
 }
 
+// isLiveList reports whether path names a file of the kernel's securityfs,
+// after cleaning, so that a path climbing out with ".." does not count.
+func isLiveList(path string) bool {
+	return strings.HasPrefix(filepath.Clean(path), securityfs.DefaultMountPoint+"/")
+}
+
 func trimOptions(dir, logPath string, logOpts imalog.Options, mode string) (trim.Options, error) {
-	if !strings.HasPrefix(logPath, securityfs.DefaultMountPoint+"/") {
+	if !isLiveList(logPath) {
 		return trim.Options{}, fmt.Errorf("%w: %w, not %s", errUsage, errNotLiveList, logPath)
 	}
 	if mode != "count" && mode != "staged" {

@@ -458,12 +458,16 @@ func beginPending(dir string, st *State, list [][]byte, count int64, staged bool
 }
 
 func abortPending(dir string, st *State, cause error) error {
+	p := st.Pending
 	st.Pending = nil
 	if err := SaveState(dir, st); err != nil {
 		slog.Error("trim failed and clearing its intent failed too; the next run resolves it", "err", err)
+		return cause
 	}
-	if st.CarryFile == "" {
-		removeStaleCarry(dir, "")
+	// The carry file the aborted trim wrote holds entries the kernel
+	// still has, so it goes once the state no longer names it.
+	if p != nil && p.After != nil && p.After.CarryFile != st.CarryFile {
+		removeStaleCarry(dir, p.After.CarryFile)
 	}
 	return cause
 }
