@@ -210,3 +210,35 @@ func TestSnapshotCreatesChainDirectory(t *testing.T) {
 		t.Errorf("chain directory mode %v, want 0700 as kexec creates it", perm)
 	}
 }
+
+// TestSnapshotRejectsHeldChainLock checks that while another holder has
+// the chain lock, snapshot fails with ErrLocked and writes no shard, and
+// that once it is free, snapshot takes it once for the whole command (the
+// snapshot step must not try to take it a second time).
+func TestSnapshotRejectsHeldChainLock(t *testing.T) {
+	inst := startSWTPM(t)
+
+	src := filepath.Join("..", "..", "pkg", "shard", "testdata", "sha1.log.bin")
+	logPath := filepath.Join(t.TempDir(), "binary_runtime_measurements")
+	measureInto(t, inst.Spec(), src, logPath, 0, 20)
+
+	dir := t.TempDir()
+	lock, err := shard.LockChain(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runCLI(t, "snapshot", "--dir", dir, "--log", logPath, "--tpm", inst.Spec())
+	if !errors.Is(err, shard.ErrLocked) {
+		t.Errorf("snapshot with the chain lock held: %v, want ErrLocked", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, shard.FileName(0))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a shard was written while the lock was held (%v)", err)
+	}
+
+	if err := lock.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI(t, "snapshot", "--dir", dir, "--log", logPath, "--tpm", inst.Spec()); err != nil {
+		t.Errorf("snapshot after the lock was released: %v", err)
+	}
+}

@@ -166,16 +166,25 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		return fmt.Errorf("create chain directory: %w", err)
 	}
 
+	// One lock over the whole command: the trims before and after the
+	// snapshot and the placement of the live list read and write the
+	// state the snapshot builds on, so no other run may start in between.
+	lock, err := shard.LockChain(*dir)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	defer func() {
+		if err := lock.Unlock(); err != nil {
+			slog.Warn("release the chain lock", "dir", *dir, "err", err)
+		}
+	}()
+
 	t, ak, closeTPM, err := af.open()
 	if err != nil {
 		return err
 	}
 	defer closeTPM()
 
-	// TODO: the chain lock covers shard.Snapshot only. The trims before
-	// and after it and openLiveList run outside, so two concurrent runs
-	// can place the list from an old state (seen: an empty shard, the
-	// history still verified); one lock across the command would close it.
 	if *trimFlag {
 		// Resolve an interrupted trim (with the TPM's PCRs when the list
 		// alone cannot tell) and delete what earlier shards hold, so the
@@ -198,7 +207,7 @@ func runSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	ctx := context.Background()
 	res, err := shard.Snapshot(ctx, shard.SnapshotOptions{
 		Dir: *dir, LogPath: logPath, LogOptions: logOpts, TPM: t, AK: ak, Banks: bankList, Tail: *tail,
-		LiveFirstIndex: list.first, OpenLog: list.open,
+		LiveFirstIndex: list.first, OpenLog: list.open, Lock: lock,
 	})
 	if err != nil {
 		return err

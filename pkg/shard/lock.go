@@ -80,3 +80,25 @@ func (l *dirLock) unlock() error {
 	}
 	return l.f.Close()
 }
+
+// ChainLock is a chain directory's lock taken by a caller that runs more
+// than the snapshot under it, such as the trims around a snapshot, so that
+// no other snapshot starts in between.
+type ChainLock struct {
+	l   *dirLock
+	dir string
+}
+
+// LockChain takes the lock of the chain directory dir. It fails with an
+// error wrapping ErrLocked, naming the holder's PID, when another process
+// holds it.
+func LockChain(dir string) (*ChainLock, error) {
+	l, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &ChainLock{l: l, dir: dir}, nil
+}
+
+// Unlock releases the lock.
+func (c *ChainLock) Unlock() error { return c.l.unlock() }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -43,6 +44,9 @@ type SnapshotOptions struct {
 	// current list. Every call must return the same entries, possibly
 	// followed by more.
 	OpenLog func() (io.ReadCloser, error)
+	// Lock is the chain directory's lock when the caller already holds
+	// it (LockChain); nil makes Snapshot take and release it.
+	Lock *ChainLock
 }
 
 // openLog opens the list that the snapshot reads.
@@ -101,11 +105,16 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 		return nil, fmt.Errorf("snapshot: chain directory %q is not a directory (mode %s)", opts.Dir, info.Mode())
 	}
 
-	lock, err := lockDir(opts.Dir)
-	if err != nil {
-		return nil, err
+	switch {
+	case opts.Lock == nil:
+		lock, err := lockDir(opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		defer lock.unlock()
+	case filepath.Clean(opts.Lock.dir) != filepath.Clean(opts.Dir):
+		return nil, fmt.Errorf("snapshot: the lock held is for %s, not for the chain directory %s", opts.Lock.dir, opts.Dir)
 	}
-	defer lock.unlock()
 	if err := removeTempFiles(opts.Dir); err != nil {
 		return nil, err
 	}
