@@ -39,13 +39,20 @@ type snapshotOutput struct {
 	} `json:"trim"`
 }
 
+// measureFunc defines the shell function the trim scenarios measure with:
+// `measure DIR N` writes and reads the files f$((i+1)) to f$N in DIR and
+// leaves i at N, so each read adds one entry to the IMA list.
+const measureFunc = `
+measure() { while [ $i -lt $2 ]; do i=$((i+1)); echo $i > $1/f$i; cat $1/f$i > /dev/null; done; }
+`
+
 // Rounds of measurements, each followed by `snapshot --trim`, keep the
 // kernel's list short, and `verify --live` still verifies the whole history
 // from the first shard through the trimmed live list.
 func TestTrimRoundsVerifyLive(t *testing.T) {
 	g := needCustomGuest(t)
 	const rounds, perRound = 3, 40
-	script := fmt.Sprintf(`
+	script := measureFunc + fmt.Sprintf(`
 mkdir -p /run/imashard /ak
 imashard ak export --out /ak > /dev/null
 round=0
@@ -53,7 +60,7 @@ while [ $round -lt %d ]; do
 	round=$((round+1))
 	mkdir -p /w$round
 	i=0
-	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	measure /w$round %d
 	echo "@@imashard-begin snapshot"
 	imashard snapshot --dir /run/imashard --trim --json
 	echo "@@imashard-end snapshot"
@@ -136,7 +143,7 @@ func trimKexecScript(syscall string, stage bool) string {
 	echo "@@imashard-end staged"
 	` + kexec + " --skip-snapshot --force"
 	}
-	return `
+	return measureFunc + `
 boot=1
 if [ -e /carry/boot ]; then boot=$(cat /carry/boot); fi
 echo "@@imashard-begin boot"
@@ -145,11 +152,11 @@ echo "@@imashard-end boot"
 mkdir -p /w$boot /ak /run/imashard
 imashard ak export --out /ak > /dev/null
 i=0
-while [ $i -lt 30 ]; do i=$((i+1)); echo $boot-$i > /w$boot/f$i; cat /w$boot/f$i > /dev/null; done
+measure /w$boot 30
 echo "@@imashard-begin snapshot"
 imashard snapshot --dir /run/imashard --trim --json
 echo "@@imashard-end snapshot"
-while [ $i -lt 40 ]; do i=$((i+1)); echo $boot-$i > /w$boot/f$i; cat /w$boot/f$i > /dev/null; done
+measure /w$boot 40
 if [ $boot -lt 2 ]; then
 	echo 2 > /carry/boot
 	` + kexec + `
@@ -313,7 +320,7 @@ func TestTrimKexecTrimVerify(t *testing.T) {
 func TestTrimStagedCarryNextShard(t *testing.T) {
 	g := needCustomGuest(t)
 	const rounds, perRound, between = 3, 20, 5
-	script := fmt.Sprintf(`
+	script := measureFunc + fmt.Sprintf(`
 mkdir -p /run/imashard /ak
 imashard ak export --out /ak > /dev/null
 round=0
@@ -321,11 +328,11 @@ while [ $round -lt %d ]; do
 	round=$((round+1))
 	mkdir -p /w$round
 	i=0
-	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	measure /w$round %d
 	echo "@@imashard-begin plain"
 	imashard snapshot --dir /run/imashard --json
 	echo "@@imashard-end plain"
-	while [ $i -lt %d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	measure /w$round %d
 	echo "@@imashard-begin snapshot"
 	imashard snapshot --dir /run/imashard --trim --trim-mode staged --json
 	echo "@@imashard-end snapshot"
@@ -398,11 +405,11 @@ done
 func TestTrimErrors(t *testing.T) {
 	g := needCustomGuest(t)
 	const ima = "/sys/kernel/security/integrity/ima"
-	script := `
+	script := measureFunc + `
 mkdir -p /run/imashard /ak /w
 imashard ak export --out /ak > /dev/null
 i=0
-while [ $i -lt 10 ]; do i=$((i+1)); echo $i > /w/f$i; cat /w/f$i > /dev/null; done
+measure /w 10
 imashard snapshot --dir /run/imashard --trim > /dev/null
 
 run() {
@@ -564,7 +571,7 @@ func decodeVerify(t *testing.T, console string) (verifyReport, string) {
 func TestTrimConcurrentSnapshots(t *testing.T) {
 	g := needCustomGuest(t)
 	const rounds, perRound = 5, 20
-	script := fmt.Sprintf(`
+	script := measureFunc + fmt.Sprintf(`
 mkdir -p /run/imashard /ak
 imashard ak export --out /ak > /dev/null
 round=0
@@ -572,15 +579,15 @@ while [ $round -lt %[1]d ]; do
 	round=$((round+1))
 	mkdir -p /w$round
 	i=0
-	while [ $i -lt %[2]d ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	measure /w$round %[2]d
 	imashard snapshot --dir /run/imashard --trim --trim-mode staged --json > /w$round/a.out 2>&1 &
-	while [ $i -lt $((%[2]d + round*4)) ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	measure /w$round $((%[2]d + round*4))
 	n=0
 	while [ $n -lt 200 ]; do
 		n=$((n+1))
 		if imashard snapshot --dir /run/imashard --trim --trim-mode staged --json > /w$round/b.out 2>&1; then n=1000; fi
 	done &
-	while [ $i -lt $((%[2]d * 4)) ]; do i=$((i+1)); echo $round-$i > /w$round/f$i; cat /w$round/f$i > /dev/null; done
+	measure /w$round $((%[2]d * 4))
 	wait
 	echo "@@imashard-begin outputs"
 	cat /w$round/a.out /w$round/b.out

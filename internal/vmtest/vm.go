@@ -138,3 +138,25 @@ func Run(ctx context.Context, t testing.TB, opts Options) (*Result, error) {
 	code, _ := strconv.Atoi(m[1])
 	return &Result{Console: out, ExitCode: code}, nil
 }
+
+// RunGuestTests runs opts like Run, logs the guest's console, and fails t
+// unless the guest test binary exited 0 and reported each test in passed
+// as passing.
+func RunGuestTests(t *testing.T, opts Options, passed ...string) {
+	t.Helper()
+	res, err := Run(context.Background(), t, opts)
+	if res != nil {
+		t.Logf("guest console:\n%s", res.Console)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 0 {
+		t.Fatalf("guest tests exited with %d", res.ExitCode)
+	}
+	for _, name := range passed {
+		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
+			t.Errorf("guest did not pass %s", name)
+		}
+	}
+}

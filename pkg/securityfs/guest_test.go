@@ -2,7 +2,6 @@ package securityfs
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,27 +21,12 @@ import (
 // TestInKernel boots the custom kernel with this package's test binary as
 // /init and runs the TestGuest* tests there against the real securityfs.
 func TestInKernel(t *testing.T) {
-	kernel := vmtest.Kernel(t)
-	res, err := vmtest.Run(context.Background(), t, vmtest.Options{
-		Kernel:  kernel,
+	vmtest.RunGuestTests(t, vmtest.Options{
+		Kernel:  vmtest.Kernel(t),
 		Package: ".",
 		Dir:     ".",
 		Args:    []string{"-test.v", "-test.run=^TestGuest"},
-	})
-	if res != nil {
-		t.Logf("guest console:\n%s", res.Console)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("guest tests exited with %d", res.ExitCode)
-	}
-	for _, name := range []string{"TestGuestLists", "TestGuestTrim", "TestGuestTrimTooMany", "TestGuestBusy", "TestGuestStaging", "TestGuestNonRoot"} {
-		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
-			t.Errorf("guest did not pass %s", name)
-		}
-	}
+	}, "TestGuestLists", "TestGuestTrim", "TestGuestTrimTooMany", "TestGuestBusy", "TestGuestStaging", "TestGuestNonRoot")
 }
 
 func requireGuest(t *testing.T) *FS {

@@ -2,7 +2,6 @@ package trim
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -24,28 +23,14 @@ func TestInKernelKexec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := vmtest.Run(context.Background(), t, vmtest.Options{
+	vmtest.RunGuestTests(t, vmtest.Options{
 		Kernel:  kernel,
 		Package: ".",
 		Dir:     ".",
 		Policy:  "tcb|critical_data",
 		Args:    []string{"-test.v", "-test.run=^TestGuestKexecHandover$"},
 		Extra:   map[string]vmtest.File{"kernel": {Mode: 0o644, Data: kernelData}},
-	})
-	if res != nil {
-		t.Logf("guest console:\n%s", res.Console)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("guest tests exited with %d", res.ExitCode)
-	}
-	for _, want := range []string{"--- PASS: TestGuestKexecHandover", "--- PASS: TestGuestAfterKexec"} {
-		if !strings.Contains(res.Console, want) {
-			t.Errorf("console lacks %q", want)
-		}
-	}
+	}, "TestGuestKexecHandover", "TestGuestAfterKexec")
 }
 
 // eventName returns the file or event name of an ima-ng or ima-buf entry.

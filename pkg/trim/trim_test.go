@@ -2,7 +2,6 @@ package trim
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -226,28 +225,13 @@ func TestCompareCovered(t *testing.T) {
 
 // TestInKernel boots the custom kernel with this package's tests as /init.
 func TestInKernel(t *testing.T) {
-	kernel := vmtest.Kernel(t)
-	res, err := vmtest.Run(context.Background(), t, vmtest.Options{
-		Kernel:  kernel,
+	vmtest.RunGuestTests(t, vmtest.Options{
+		Kernel:  vmtest.Kernel(t),
 		Package: ".",
 		Dir:     ".",
 		Args:    []string{"-test.v", "-test.run=^TestGuest"},
-	})
-	if res != nil {
-		t.Logf("guest console:\n%s", res.Console)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("guest tests exited with %d", res.ExitCode)
-	}
-	for _, name := range []string{"TestGuestTrimRounds", "TestGuestTrimMismatch", "TestGuestTrimStagedCarry", "TestGuestTrimCrash",
-		"TestGuestTrimCarryCrash", "TestGuestTrimAmbiguous", "TestGuestTrimNonRoot", "TestGuestTrimConcurrentStaged"} {
-		if !strings.Contains(res.Console, "--- PASS: "+name) {
-			t.Errorf("guest did not pass %s", name)
-		}
-	}
+	}, "TestGuestTrimRounds", "TestGuestTrimMismatch", "TestGuestTrimStagedCarry", "TestGuestTrimCrash",
+		"TestGuestTrimCarryCrash", "TestGuestTrimAmbiguous", "TestGuestTrimNonRoot", "TestGuestTrimConcurrentStaged")
 }
 
 // guest is one chain directory against the live kernel list. Its history
