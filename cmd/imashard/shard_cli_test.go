@@ -211,10 +211,10 @@ func TestSnapshotCreatesChainDirectory(t *testing.T) {
 	}
 }
 
-// TestSnapshotRejectsHeldChainLock checks that while another holder has
-// the chain lock, snapshot fails with ErrLocked and writes no shard, and
-// that once it is free, snapshot takes it once for the whole command (the
-// snapshot step must not try to take it a second time).
+// TestSnapshotRejectsHeldChainLock checks that snapshot fails with
+// ErrLocked and writes no shard while another holder has the chain lock.
+// Once the lock is free, snapshot must succeed, which fails if its
+// snapshot step tries to take the lock a second time.
 func TestSnapshotRejectsHeldChainLock(t *testing.T) {
 	inst := startSWTPM(t)
 

@@ -181,13 +181,13 @@ func planKexecLoad(image, initrd []byte, cmdline string, bootParams []byte, ram 
 		return nil, err
 	}
 	if len(bootParams) != zeroPageSize {
-		return nil, fmt.Errorf("running kernel's boot parameters are %d bytes, want %d (struct boot_params)", len(bootParams), zeroPageSize)
+		return nil, fmt.Errorf("running kernel's boot parameters are %d bytes, want %d (struct boot_params): use --syscall file", len(bootParams), zeroPageSize)
 	}
 	if uint64(len(cmdline)) > uint64(h.cmdlineSize) {
-		return nil, fmt.Errorf("%w: command line of %d bytes exceeds the kernel's cmdline_size of %d bytes", ErrUnsupportedKernel, len(cmdline), h.cmdlineSize)
+		return nil, fmt.Errorf("%w: command line of %d bytes exceeds the kernel's cmdline_size of %d bytes: shorten --cmdline or --append", ErrUnsupportedKernel, len(cmdline), h.cmdlineSize)
 	}
 	if bytes.IndexByte([]byte(cmdline), 0) >= 0 {
-		return nil, fmt.Errorf("command line %q contains a NUL byte", cmdline)
+		return nil, fmt.Errorf("command line %q contains a NUL byte: remove it from --cmdline or --append", cmdline)
 	}
 
 	mem := newFreeRanges(ram, lowMemoryLimit)
@@ -247,8 +247,9 @@ func fillZeroPage(zp, image []byte, h *setupHeader, kernelAddr uint64, initrd lo
 	zp[offSentinel] = 0
 	zp[offTypeOfLoader] = loaderUnknown
 	zp[offLoadFlags] &^= canUseHeap // no real-mode heap on the 64-bit entry
-	// boot.rst asks a loader of a relocatable kernel to point code32_start
-	// at the loaded code. The 64-bit entry does not read it.
+	// The boot protocol (Documentation/arch/x86/boot.rst) has a loader of
+	// a relocatable kernel set code32_start to the loaded code. The 64-bit
+	// entry does not read it.
 	le.PutUint32(zp[offCode32Start:], uint32(kernelAddr))
 
 	le.PutUint32(zp[offCmdLinePtr:], uint32(cmdlineAddr))
@@ -339,7 +340,7 @@ func (f *freeRanges) placeKernel(h *setupHeader, code []byte) (loadSegment, erro
 			return loadSegment{name: "kernel", data: code, mem: start, memSize: size}, nil
 		}
 	}
-	return loadSegment{}, fmt.Errorf("%w: the kernel needs %d bytes (init_size) aligned to %#x, and no free RAM range above 1 MiB has them; free: %v", ErrNoRoom, size, align, *f)
+	return loadSegment{}, fmt.Errorf("%w: the kernel needs %d bytes (init_size) aligned to %#x, and no free RAM range above 1 MiB has them (free: %v): use a smaller initrd or --syscall file", ErrNoRoom, size, align, *f)
 }
 
 // placeTop places data page-aligned at the highest free address below limit.
@@ -355,7 +356,7 @@ func (f *freeRanges) placeTop(name string, data []byte, limit uint64) (loadSegme
 		f.take(start, end)
 		return loadSegment{name: name, data: data, mem: start, memSize: size}, nil
 	}
-	return loadSegment{}, fmt.Errorf("%w: %s needs %d bytes below %#x; free: %v", ErrNoRoom, name, size, limit, *f)
+	return loadSegment{}, fmt.Errorf("%w: %s needs %d bytes below %#x (free: %v): use a smaller initrd or --syscall file", ErrNoRoom, name, size, limit, *f)
 }
 
 func alignUp(x, align uint64) uint64 {
@@ -366,11 +367,11 @@ func alignUp(x, align uint64) uint64 {
 // kernels without /sys/firmware/memmap (CONFIG_FIRMWARE_MEMMAP=n).
 func e820RAM(zeroPage []byte) ([]physRange, error) {
 	if len(zeroPage) != zeroPageSize {
-		return nil, fmt.Errorf("boot parameters are %d bytes, want %d", len(zeroPage), zeroPageSize)
+		return nil, fmt.Errorf("boot parameters are %d bytes, want %d: use --syscall file", len(zeroPage), zeroPageSize)
 	}
 	n := int(zeroPage[offE820Entries])
 	if n > e820MaxEntries {
-		return nil, fmt.Errorf("boot parameters list %d e820 entries, more than the table's %d", n, e820MaxEntries)
+		return nil, fmt.Errorf("boot parameters list %d e820 entries, more than the table's %d: use --syscall file", n, e820MaxEntries)
 	}
 	var ram []physRange
 	for i := range n {

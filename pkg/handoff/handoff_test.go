@@ -325,9 +325,9 @@ func TestRunLeavesNothingToUnloadBeforeLoad(t *testing.T) {
 }
 
 // TestNewcPaddingAgainstUrootReader writes records with every name and data
-// length modulo 4 and reads them back with u-root's newc reader, an
-// independent implementation: names, modes, sizes and bytes must survive,
-// and the archive must end at the trailer on a 4-byte boundary.
+// length modulo 4 and reads them back with u-root's newc reader, which is
+// an independent implementation. Names, modes, sizes and bytes must
+// survive, and the archive must end with the trailer on a 4-byte boundary.
 func TestNewcPaddingAgainstUrootReader(t *testing.T) {
 	var files []File
 	for nameLen := 1; nameLen <= 8; nameLen++ {

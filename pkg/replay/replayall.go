@@ -46,8 +46,9 @@ const (
 )
 
 // queuedEntry is an entry on its way through ReplayAll. The reader fills
-// the first fields; each bank worker writes only its own element of match,
-// and digest when the entry's list algorithm is its bank.
+// it, including hash in a prehashed batch. Each bank worker then writes
+// only its own element of match, and digest when the list's algorithm is
+// its bank.
 type queuedEntry struct {
 	entry     *imalog.Entry
 	state     *pcrState
@@ -55,7 +56,7 @@ type queuedEntry struct {
 	violation bool
 	sha1Hash  [sha1.Size]byte
 	hash      [sha512.Size]byte // the one other bank's template hash, in a prehashed batch
-	digestPos int               // bank position that checks the template digest; -1: the reader did
+	digestPos int               // bank position that checks the template digest, or -1 when the reader checked it
 	digest    int
 	match     [4]uint8
 	err       error
@@ -68,8 +69,8 @@ type entryBatch struct {
 	owned []imalog.Entry
 	buf   []byte
 	base  int64 // entries of this run before the batch
-	// prehashed: the reader computed the template hash of the one bank
-	// other than sha1, because its worker was falling behind.
+	// prehashed marks a batch whose template hashes of the one bank other
+	// than sha1 the reader computed, because that bank's worker lagged.
 	prehashed bool
 	err       error // the reader's error after these entries; io.EOF at the end
 	pending   sync.WaitGroup

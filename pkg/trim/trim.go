@@ -30,10 +30,10 @@ var (
 	ErrAmbiguous = errors.New("cannot tell whether an interrupted trim deleted entries")
 
 	// ErrKexecLoaded reports a trim while a kexec image is loaded. Linux
-	// 7.2 still deletes then (it fails with ESTALE or EACCES only once the
-	// kexec executes), but the next kernel receives only what is left, and
-	// the shards packed for it when the image was loaded may not hold
-	// what the trim deletes. Nothing is deleted.
+	// 7.2 still deletes then: it fails with ESTALE or EACCES only once the
+	// kexec executes. The next kernel receives only what is left, and the
+	// shards packed for it at load time may lack what the trim deletes, so
+	// Trim deletes nothing.
 	ErrKexecLoaded = errors.New("a kexec image is loaded")
 )
 
@@ -562,9 +562,9 @@ func dropCoveredCarry(dir string, st *State, covered Covered, split SplitFunc) (
 		}
 		crashPoint("carry-rewritten")
 	}
-	// The state names the old carry file until this save, so a crash
-	// before it leaves at most an unused new file, and one after it at
-	// most the unused old file; removeUnusedCarry deletes either later.
+	// The state names the old carry file until this save. A crash before
+	// it leaves at most an unused new file, a crash after it at most the
+	// unused old one, and removeUnusedCarry deletes either later.
 	if err := SaveState(dir, &next); err != nil {
 		return 0, err
 	}
