@@ -434,3 +434,20 @@ func TestSystemRAMFallsBackToE820(t *testing.T) {
 		t.Errorf("RAM from the e820 table = %v, want %v", ram, qemuRAM)
 	}
 }
+
+// FuzzPlanKexecLoad feeds arbitrary kernel images and command lines to the
+// loader's planning step, which parses an untrusted file: it must return an
+// error or a layout that passes checkLayout, never panic.
+func FuzzPlanKexecLoad(f *testing.F) {
+	f.Add(syntheticBzImage(), "console=ttyS0")
+	f.Add(syntheticBzImage()[:600], "")
+	f.Add([]byte("kernel"), "ima_policy=tcb")
+	bootParams := syntheticBootParams()
+	f.Fuzz(func(t *testing.T, image []byte, cmdline string) {
+		img, err := planKexecLoad(image, []byte("initrd"), cmdline, bootParams, qemuRAM)
+		if err != nil {
+			return
+		}
+		checkLayout(t, img, qemuRAM)
+	})
+}
