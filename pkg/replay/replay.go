@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/imashard/imashard/internal/shasum"
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 )
@@ -190,14 +191,14 @@ func (r *Replayer) hashEntry(h *hashedEntry) {
 		data = legacyBuf[:]
 	}
 
-	h.sha1Hash = sha1.Sum(data)
+	h.sha1Hash = shasum.SHA1(data)
 	var digestAlgHash []byte
 	for i, alg := range r.banks {
 		switch alg {
 		case pcr.SHA1:
 			copy(h.perBank[i][:], h.sha1Hash[:])
 		case pcr.SHA256:
-			sum := sha256.Sum256(data)
+			sum := shasum.SHA256(data)
 			copy(h.perBank[i][:], sum[:])
 		case pcr.SHA384:
 			sum := sha512.Sum384(data)
@@ -279,18 +280,21 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// extend sets value to H_alg(value || msg).
+// extend sets value to H_alg(value || msg). value and msg are alg's size.
 func extend(alg pcr.Alg, value, msg []byte) {
+	switch alg {
+	case pcr.SHA1:
+		shasum.ExtendSHA1((*[sha1.Size]byte)(value), (*[sha1.Size]byte)(msg))
+		return
+	case pcr.SHA256:
+		shasum.ExtendSHA256((*[sha256.Size]byte)(value), (*[sha256.Size]byte)(msg))
+		return
+	}
+
 	var buf [2 * sha512.Size]byte
 	n := copy(buf[:], value)
 	n += copy(buf[n:], msg)
 	switch alg {
-	case pcr.SHA1:
-		h := sha1.Sum(buf[:n])
-		copy(value, h[:])
-	case pcr.SHA256:
-		h := sha256.Sum256(buf[:n])
-		copy(value, h[:])
 	case pcr.SHA384:
 		h := sha512.Sum384(buf[:n])
 		copy(value, h[:])

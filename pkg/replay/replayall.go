@@ -3,7 +3,6 @@ package replay
 import (
 	"bytes"
 	"crypto/sha1"
-	"crypto/sha256"
 	"crypto/sha512"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/imashard/imashard/internal/shasum"
 	"github.com/imashard/imashard/pkg/imalog"
 	"github.com/imashard/imashard/pkg/pcr"
 )
@@ -418,7 +418,7 @@ func (r *Replayer) queueEntry(q *queuedEntry, e *imalog.Entry, states map[uint32
 		copy(padded, q.data)
 		q.data = padded
 	}
-	q.sha1Hash = sha1.Sum(q.data)
+	q.sha1Hash = shasum.SHA1(q.data)
 
 	for pos, alg := range r.banks {
 		if alg != pcr.SHA1 && alg == e.DigestAlg {
@@ -561,10 +561,10 @@ func (w *bankWorker) extend(q *queuedEntry, count int64, prehashed bool) {
 func templateHash(alg pcr.Alg, data, out []byte) {
 	switch alg {
 	case pcr.SHA1:
-		sum := sha1.Sum(data)
+		sum := shasum.SHA1(data)
 		copy(out, sum[:])
 	case pcr.SHA256:
-		sum := sha256.Sum256(data)
+		sum := shasum.SHA256(data)
 		copy(out, sum[:])
 	case pcr.SHA384:
 		sum := sha512.Sum384(data)
