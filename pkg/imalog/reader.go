@@ -84,6 +84,14 @@ func (r *Reader) Next() (*Entry, error) {
 	if err := r.advance(e, nil); err != nil {
 		return nil, err
 	}
+	if len(e.Raw) > r.br.Size() {
+		// An entry larger than the buffer has an array of its own. A slab
+		// slot would keep that array alive as long as any entry of the
+		// slab, so up to entrySlabLen large entries at once.
+		own := *e
+		*e = Entry{}
+		return &own, nil
+	}
 	r.entrySlab = r.entrySlab[1:]
 	return e, nil
 }
