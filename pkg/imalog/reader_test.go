@@ -585,3 +585,29 @@ func TestReaderLargeEntryNotRetained(t *testing.T) {
 	}
 	runtime.KeepAlive(r)
 }
+
+// TestReaderLargeEntryExactSize checks that an entry larger than the
+// reader's buffer keeps an array of its own size, not one grown to up to
+// twice that while its bytes arrived.
+func TestReaderLargeEntryExactSize(t *testing.T) {
+	for _, dataLen := range []int{readerBufferSize, 1<<20 + 3, 5 << 20} {
+		data := binary.LittleEndian.AppendUint32(nil, 10)
+		data = append(data, bytes.Repeat([]byte{1}, 20)...)
+		data = binary.LittleEndian.AppendUint32(data, 7)
+		data = append(data, "ima-buf"...)
+		data = binary.LittleEndian.AppendUint32(data, uint32(dataLen))
+		data = append(data, make([]byte, dataLen)...)
+
+		entries, _, err := readBinary(t, data, Options{})
+		if err != nil || len(entries) != 1 {
+			t.Fatalf("%d bytes of template data: %d entries, %v", dataLen, len(entries), err)
+		}
+		raw := entries[0].Raw
+		if !bytes.Equal(raw, data) {
+			t.Errorf("%d bytes of template data: Raw differs from the input", dataLen)
+		}
+		if cap(raw) != len(data) {
+			t.Errorf("%d bytes of template data: Raw has capacity %d for %d bytes", dataLen, cap(raw), len(data))
+		}
+	}
+}
