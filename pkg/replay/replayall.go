@@ -410,6 +410,9 @@ func entryBytes(e *imalog.Entry) int {
 // queueEntry prepares e for the bank workers.
 func (r *Replayer) queueEntry(q *queuedEntry, e *imalog.Entry, states map[uint32]*pcrState, sha1Bank int) {
 	q.entry = e
+	if q.err = checkPCRIndex(e); q.err != nil {
+		return
+	}
 	s, ok := states[e.PCR]
 	if !ok {
 		s = r.newState(e.PCR)

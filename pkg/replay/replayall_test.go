@@ -288,3 +288,48 @@ func TestReplayAllLargeEntries(t *testing.T) {
 		t.Errorf("%d entries, %d mismatches; want 40, 40", got.Entries(), n)
 	}
 }
+
+// entryList yields its entries in order.
+type entryList []*imalog.Entry
+
+func (l *entryList) Next() (*imalog.Entry, error) {
+	if len(*l) == 0 {
+		return nil, io.EOF
+	}
+	e := (*l)[0]
+	*l = (*l)[1:]
+	return e, nil
+}
+
+// TestReplayRejectsPCRIndexAbove0xFFFF checks that a list cannot make the
+// replay keep a PCR state per entry by naming a new PCR index in each.
+func TestReplayRejectsPCRIndexAbove0xFFFF(t *testing.T) {
+	entriesFor := func(index uint32) *entryList {
+		data := mustHex(t, "28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 03000000 2f6100")
+		sum := sha1.Sum(data)
+		first := &imalog.Entry{PCR: 10, TemplateDigest: sum[:], TemplateName: "ima-ng", TemplateData: data, DigestAlg: pcr.SHA1}
+		second := &imalog.Entry{Index: 1, PCR: index, TemplateDigest: sum[:], TemplateName: "ima-ng", TemplateData: data, DigestAlg: pcr.SHA1}
+		violation := &imalog.Entry{Index: 2, PCR: index, TemplateDigest: make([]byte, sha1.Size), TemplateName: "ima-ng", TemplateData: data, DigestAlg: pcr.SHA1}
+		return &entryList{first, second, violation}
+	}
+
+	for _, index := range []uint32{0xffff, 0x10000, 0xffffffff} {
+		wantErr := index > 0xffff
+
+		r := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
+		var err error
+		for _, e := range *entriesFor(index) {
+			if err = r.Extend(e); err != nil {
+				break
+			}
+		}
+		if wantErr != errors.Is(err, imalog.ErrMalformed) {
+			t.Errorf("Extend with PCR index %#x: err = %v, want malformed: %v", index, err, wantErr)
+		}
+
+		_, err = ReplayAll(entriesFor(index), newReplayer(t, nil, pcr.SHA1, pcr.SHA256), nil)
+		if wantErr != errors.Is(err, imalog.ErrMalformed) {
+			t.Errorf("ReplayAll with PCR index %#x: err = %v, want malformed: %v", index, err, wantErr)
+		}
+	}
+}
