@@ -37,11 +37,16 @@ type ASCIIReader struct {
 	offset     int64 // bytes consumed by complete entries
 	line       int64 // lines consumed
 	pending    int
-	peeked     []byte
-	peekedOK   bool // peeked holds a complete line
-	peekedErr  error
-	hasPeek    bool
+	lookahead  []asciiLine // lines read past the current entry, oldest first
 	err        error
+}
+
+// asciiLine is a line without its newline, whether a newline ended it, and
+// the error that reading it returned.
+type asciiLine struct {
+	text     []byte
+	complete bool
+	err      error
 }
 
 // NewASCIIReader returns a reader of the ASCII list in r. The template hash
@@ -106,30 +111,40 @@ func (r *ASCIIReader) next() (*Entry, error) {
 	}
 	e.Offset = start
 
-	// A name with a newline continues on the next line, which then does not
-	// start like an entry. Join only when that makes the hash verify.
-	for joined := 1; joined < maxNameLines && !e.IsViolation() && !r.verifies(e); joined++ {
-		next, nextComplete, err := r.peekLine()
-		if err != nil || next == nil || looksLikeEntry(next, r.digestSize) {
+	// A name with newlines continues on the following lines, which then do
+	// not start like an entry. Join them only when that makes the hash
+	// verify. Otherwise they stay unread and fail as entries of their own.
+	if !e.IsViolation() && !r.verifies(e) {
+		candidateText := bytes.Clone(text)
+		for i := 0; i < maxNameLines-1; i++ {
+			next, err := r.peekLine(i)
+			if err != nil || looksLikeEntry(next.text, r.digestSize) || (!next.complete && r.opts.AllowTruncated) {
+				break
+			}
+			candidateText = append(append(candidateText, '\n'), next.text...)
+			if len(candidateText) > maxASCIILine {
+				break
+			}
+			// A partial join may not parse, as when the last column of
+			// an ima-sig entry is still part of the name.
+			candidate, err := r.parseLine(candidateText)
+			if err != nil || !r.verifies(candidate) {
+				continue
+			}
+
+			slog.Debug("joined ASCII lines broken by newlines in a name", "line", firstLine, "lines", i+2)
+			for _, joined := range r.lookahead[:i+1] {
+				r.line++
+				consumed += len(joined.text)
+				if joined.complete {
+					consumed++
+				}
+			}
+			r.lookahead = r.lookahead[i+1:]
+			e = candidate
+			e.Offset = start
 			break
 		}
-		if !nextComplete && r.opts.AllowTruncated {
-			break
-		}
-		candidateText := append(append(append([]byte{}, text...), '\n'), next...)
-		candidate, perr := r.parseLine(candidateText)
-		if perr != nil || !r.verifies(candidate) {
-			break
-		}
-		slog.Debug("joined an ASCII line broken by a newline in a name", "line", firstLine)
-		r.hasPeek = false
-		r.line++
-		consumed += len(next)
-		if nextComplete {
-			consumed++
-		}
-		text, e = candidateText, candidate
-		e.Offset = start
 	}
 
 	e.Index = r.index
@@ -145,22 +160,29 @@ func (r *ASCIIReader) verifies(e *Entry) bool {
 // readLine returns the next line without its newline, and whether a newline
 // ended it. It returns io.EOF when nothing is left.
 func (r *ASCIIReader) readLine() ([]byte, bool, error) {
-	if r.hasPeek {
-		r.hasPeek = false
-		return r.peeked, r.peekedOK, r.peekedErr
+	if len(r.lookahead) > 0 {
+		l := r.lookahead[0]
+		r.lookahead = r.lookahead[1:]
+		return l.text, l.complete, l.err
 	}
 	return r.rawLine()
 }
 
-func (r *ASCIIReader) peekLine() ([]byte, bool, error) {
-	if !r.hasPeek {
-		r.peeked, r.peekedOK, r.peekedErr = r.rawLine()
-		r.hasPeek = true
+// peekLine returns the line i lines past the current entry, reading ahead
+// as needed, or the error that ended the list before it.
+func (r *ASCIIReader) peekLine(i int) (asciiLine, error) {
+	for len(r.lookahead) <= i {
+		if n := len(r.lookahead); n > 0 && r.lookahead[n-1].err != nil {
+			return asciiLine{}, r.lookahead[n-1].err
+		}
+		var l asciiLine
+		l.text, l.complete, l.err = r.rawLine()
+		r.lookahead = append(r.lookahead, l)
 	}
-	if r.peekedErr != nil {
-		return nil, false, r.peekedErr
+	if err := r.lookahead[i].err; err != nil {
+		return asciiLine{}, err
 	}
-	return r.peeked, r.peekedOK, nil
+	return r.lookahead[i], nil
 }
 
 func (r *ASCIIReader) rawLine() ([]byte, bool, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -202,6 +203,44 @@ func TestASCIINameWithNewline(t *testing.T) {
 	var entryErr *EntryError
 	if !errors.As(err, &entryErr) || entryErr.Line != 2 || !errors.Is(err, ErrMalformed) {
 		t.Errorf("broken continuation: err = %v, want malformed at line 2", err)
+	}
+}
+
+func TestASCIINameWithNewlines(t *testing.T) {
+	// Names with two and with four newlines span three and five lines.
+	for _, name := range []string{"/a\nb\nc", "/a\n\nb c\n\xff\nd"} {
+		e := &Entry{PCR: 10, TemplateName: "ima-ng"}
+		e.TemplateData = binary.LittleEndian.AppendUint32(nil, 40)
+		e.TemplateData = append(e.TemplateData, "sha256:\x00"...)
+		e.TemplateData = append(e.TemplateData, make([]byte, 32)...)
+		e.TemplateData = binary.LittleEndian.AppendUint32(e.TemplateData, uint32(len(name)+1))
+		e.TemplateData = append(append(e.TemplateData, name...), 0)
+		sum := sha1.Sum(e.TemplateData)
+		e.TemplateDigest = sum[:]
+
+		// The entry between two copies of B1 checks that joining
+		// consumes the continuation lines and nothing more.
+		b1, _, err := readBinary(t, mustHex(t, b1Hex), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		list := AppendASCII(nil, b1[0])
+		list = AppendASCII(list, e)
+		list = AppendASCII(list, b1[0])
+
+		entries, _, err := readASCII(t, list, Options{})
+		if err != nil {
+			t.Fatalf("name %q: %v", name, err)
+		}
+		if len(entries) != 3 {
+			t.Fatalf("name %q: %d entries, want 3", name, len(entries))
+		}
+		if !bytes.Equal(entries[1].TemplateData, e.TemplateData) {
+			t.Errorf("name %q: rebuilt template data %x, want %x", name, entries[1].TemplateData, e.TemplateData)
+		}
+		if !bytes.Equal(entries[2].TemplateData, b1[0].TemplateData) {
+			t.Errorf("name %q: the entry after the joined one reads as %x", name, entries[2].TemplateData)
+		}
 	}
 }
 

@@ -2,7 +2,6 @@ package imalog
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -83,6 +82,14 @@ func (r *Reader) Next() (*Entry, error) {
 	e := &r.entrySlab[0]
 	if err := r.advance(e, nil); err != nil {
 		return nil, err
+	}
+	if len(e.Raw) > r.br.Size() {
+		// An entry larger than the buffer has an array of its own. A slab
+		// slot would keep that array alive as long as any entry of the
+		// slab, so up to entrySlabLen large entries at once.
+		own := *e
+		*e = Entry{}
+		return &own, nil
 	}
 	r.entrySlab = r.entrySlab[1:]
 	return e, nil
@@ -230,14 +237,24 @@ func (r *Reader) readEntry(n int, buf *[]byte) ([]byte, error) {
 		return raw, nil
 	}
 
-	var large bytes.Buffer
-	got, err := io.CopyN(&large, r.br, int64(n))
-	if err != nil {
-		// The bytes are consumed now, so Pending counts them for the caller
-		// that re-reads the file from Offset.
-		return nil, r.truncated(int(got), n, err)
+	// The slice doubles as bytes arrive, up to exactly n, so the entry
+	// keeps n bytes and not up to twice that.
+	raw := make([]byte, 0, min(n, 16<<10))
+	for len(raw) < n {
+		if len(raw) == cap(raw) {
+			grown := make([]byte, len(raw), min(2*len(raw), n))
+			copy(grown, raw)
+			raw = grown
+		}
+		got, err := io.ReadFull(r.br, raw[len(raw):min(cap(raw), n)])
+		raw = raw[:len(raw)+got]
+		if err != nil {
+			// The bytes are consumed now, so Pending counts them for the
+			// caller that re-reads the file from Offset.
+			return nil, r.truncated(len(raw), n, err)
+		}
 	}
-	return large.Bytes(), nil
+	return raw, nil
 }
 
 func (r *Reader) detectByteOrder(header []byte) error {

@@ -2,12 +2,14 @@ package imalog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
 	"runtime"
 	"strings"
 	"testing"
+	"weak"
 
 	"github.com/imashard/imashard/pkg/pcr"
 )
@@ -546,5 +548,66 @@ func TestReaderNextIntoCorpus(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReaderLargeEntryNotRetained checks that the entry slab does not keep a
+// large entry's bytes alive after the caller drops it: a list of many
+// ima-buf entries of megabytes each must not pin every one of them.
+func TestReaderLargeEntryNotRetained(t *testing.T) {
+	const dataLen = 1 << 20
+	var data []byte
+	for range 3 {
+		data = binary.LittleEndian.AppendUint32(data, 10)
+		data = append(data, bytes.Repeat([]byte{1}, 20)...)
+		data = binary.LittleEndian.AppendUint32(data, 7)
+		data = append(data, "ima-buf"...)
+		data = binary.LittleEndian.AppendUint32(data, dataLen)
+		data = append(data, make([]byte, dataLen)...)
+	}
+	r := NewReader(bytes.NewReader(data), Options{})
+
+	first, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstBytes := weak.Make(&first.Raw[0])
+	first = nil
+	for range 2 {
+		if _, err := r.Next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.GC()
+	if firstBytes.Value() != nil {
+		t.Error("the reader still holds the bytes of the first large entry after the caller dropped it")
+	}
+	runtime.KeepAlive(r)
+}
+
+// TestReaderLargeEntryExactSize checks that an entry larger than the
+// reader's buffer keeps an array of its own size, not one grown to up to
+// twice that while its bytes arrived.
+func TestReaderLargeEntryExactSize(t *testing.T) {
+	for _, dataLen := range []int{readerBufferSize, 1<<20 + 3, 5 << 20} {
+		data := binary.LittleEndian.AppendUint32(nil, 10)
+		data = append(data, bytes.Repeat([]byte{1}, 20)...)
+		data = binary.LittleEndian.AppendUint32(data, 7)
+		data = append(data, "ima-buf"...)
+		data = binary.LittleEndian.AppendUint32(data, uint32(dataLen))
+		data = append(data, make([]byte, dataLen)...)
+
+		entries, _, err := readBinary(t, data, Options{})
+		if err != nil || len(entries) != 1 {
+			t.Fatalf("%d bytes of template data: %d entries, %v", dataLen, len(entries), err)
+		}
+		raw := entries[0].Raw
+		if !bytes.Equal(raw, data) {
+			t.Errorf("%d bytes of template data: Raw differs from the input", dataLen)
+		}
+		if cap(raw) != len(data) {
+			t.Errorf("%d bytes of template data: Raw has capacity %d for %d bytes", dataLen, cap(raw), len(data))
+		}
 	}
 }

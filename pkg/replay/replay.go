@@ -46,6 +46,22 @@ func (r Rule) String() string {
 // ErrNoPrefixMatch: no prefix of the list replays to the target values.
 var ErrNoPrefixMatch = errors.New("no prefix of the measurement list matches the PCR values")
 
+// maxPCRIndex bounds the PCR index of an entry, as the list reader's byte
+// order check and the PCR file parsers do. The replay keeps a state per
+// PCR index, so without it a list could name a new index in every entry
+// and make that state grow with the list.
+const maxPCRIndex = 0xffff
+
+// checkPCRIndex returns an error for an entry whose PCR index is above
+// maxPCRIndex.
+func checkPCRIndex(e *imalog.Entry) error {
+	if e.PCR <= maxPCRIndex {
+		return nil
+	}
+	return fmt.Errorf("replay entry %d at byte offset %d: %w: PCR index %d is more than %d: the list is corrupt or was read with the wrong byte order or digest size",
+		e.Index, e.Offset, imalog.ErrMalformed, e.PCR, maxPCRIndex)
+}
+
 // maxKeptMismatches bounds the template hash mismatches kept for reports;
 // all are counted.
 const maxKeptMismatches = 100
@@ -169,6 +185,9 @@ type hashedEntry struct {
 // changes, so it may run concurrently with extendHashed.
 func (r *Replayer) hashEntry(h *hashedEntry) {
 	e := h.entry
+	if h.err = checkPCRIndex(e); h.err != nil {
+		return
+	}
 	h.violation = e.IsViolation()
 	if h.violation {
 		for i := range r.banks {

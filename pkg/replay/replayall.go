@@ -23,6 +23,12 @@ const batchSize = 256
 // and with them the memory a replay holds, whatever the list's size.
 const batchesInFlight = 8
 
+// maxBatchBytes ends a batch early once its entries reach this size,
+// so that batches of large entries (ima-buf template data may reach
+// imalog.MaxTemplateDataLen) do not multiply the memory in flight by
+// batchSize.
+const maxBatchBytes = 1 << 20
+
 // intoReader is a reader that can read into entries and buffers the caller
 // reuses, as *imalog.Reader can.
 type intoReader interface {
@@ -335,7 +341,8 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 		if cap(batch.buf) > maxReusedBuffer {
 			batch.buf = nil
 		}
-		for len(batch.entries) < batchSize {
+		batchBytes := 0
+		for len(batch.entries) < batchSize && batchBytes < maxBatchBytes {
 			var e *imalog.Entry
 			var err error
 			if into != nil {
@@ -348,6 +355,7 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 				batch.err = err
 				break
 			}
+			batchBytes += entryBytes(e)
 			batch.entries = append(batch.entries, queuedEntry{})
 			q := &batch.entries[len(batch.entries)-1]
 			r.queueEntry(q, e, states, sha1Bank)
@@ -392,9 +400,19 @@ func (r *Replayer) readBatches(entries EntryReader, states map[uint32]*pcrState,
 	}
 }
 
+// entryBytes returns the size of e's data: its raw bytes, which contain
+// the template data of a binary entry, or the template data that an ASCII
+// reader rebuilt.
+func entryBytes(e *imalog.Entry) int {
+	return max(len(e.Raw), len(e.TemplateData))
+}
+
 // queueEntry prepares e for the bank workers.
 func (r *Replayer) queueEntry(q *queuedEntry, e *imalog.Entry, states map[uint32]*pcrState, sha1Bank int) {
 	q.entry = e
+	if q.err = checkPCRIndex(e); q.err != nil {
+		return
+	}
 	s, ok := states[e.PCR]
 	if !ok {
 		s = r.newState(e.PCR)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 
 	"github.com/imashard/imashard/pkg/imalog"
@@ -207,5 +208,128 @@ func TestReplayAllPrehashed(t *testing.T) {
 	result, err := ReplayAll(openList(t, file, opts), newReplayer(t, nil, pcr.SHA1, pcr.SHA256), target)
 	if err != nil || result.Prefix.Entries != 300 {
 		t.Errorf("prefix: %+v, %v; want 300 entries", result, err)
+	}
+}
+
+// largeEntries yields n ima-ng entries of size bytes of template data each.
+type largeEntries struct {
+	n, size int
+	index   int64
+}
+
+func (l *largeEntries) Next() (*imalog.Entry, error) {
+	if l.index == int64(l.n) {
+		return nil, io.EOF
+	}
+	e := &imalog.Entry{
+		Index:          l.index,
+		PCR:            10,
+		TemplateDigest: bytes.Repeat([]byte{1}, sha1.Size),
+		TemplateName:   "ima-ng",
+		TemplateData:   make([]byte, l.size),
+		DigestAlg:      pcr.SHA1,
+	}
+	l.index++
+	return e, nil
+}
+
+// TestReplayAllBatchBytesBounded checks that a batch of large entries ends
+// once it reaches maxBatchBytes, so that the batches in flight between the
+// reader and the collector stay bounded in size however large the list's
+// entries are.
+func TestReplayAllBatchBytesBounded(t *testing.T) {
+	const entrySize = 64 << 10
+	r := newReplayer(t, nil, pcr.SHA1)
+	entries := &largeEntries{n: 3 * batchSize, size: entrySize}
+
+	ordered := make(chan *entryBatch, batchesInFlight)
+	free := make(chan *entryBatch, batchesInFlight)
+	for range batchesInFlight {
+		free <- &entryBatch{entries: make([]queuedEntry, 0, batchSize), owned: make([]imalog.Entry, batchSize)}
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go r.readBatches(entries, map[uint32]*pcrState{}, ordered, free, nil, done)
+
+	var total int
+	for batch := range ordered {
+		size := 0
+		for i := range batch.entries {
+			size += len(batch.entries[i].entry.TemplateData)
+		}
+		if size > maxBatchBytes+entrySize {
+			t.Errorf("batch at entry %d contains %d entries of %d bytes, %d bytes in all; want at most %d",
+				batch.base, len(batch.entries), entrySize, size, maxBatchBytes+entrySize)
+		}
+		total += len(batch.entries)
+		batch.entries = batch.entries[:0]
+		free <- batch
+	}
+	if total != 3*batchSize {
+		t.Errorf("batches contained %d entries, want %d", total, 3*batchSize)
+	}
+}
+
+// TestReplayAllLargeEntries checks that batches cut by size replay like
+// Extend.
+func TestReplayAllLargeEntries(t *testing.T) {
+	want := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
+	replayAll(t, &largeEntries{n: 40, size: 300 << 10}, want)
+	got := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
+	if _, err := ReplayAll(&largeEntries{n: 40, size: 300 << 10}, got, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantPerBank, wantPadded := want.Candidates()
+	gotPerBank, gotPadded := got.Candidates()
+	if gotPerBank.Diff(wantPerBank) != nil || gotPadded.Diff(wantPadded) != nil {
+		t.Error("ReplayAll and Extend disagree on large entries")
+	}
+	if n, _ := got.Mismatches(); n != 40 || got.Entries() != 40 {
+		t.Errorf("%d entries, %d mismatches; want 40, 40", got.Entries(), n)
+	}
+}
+
+// entryList yields its entries in order.
+type entryList []*imalog.Entry
+
+func (l *entryList) Next() (*imalog.Entry, error) {
+	if len(*l) == 0 {
+		return nil, io.EOF
+	}
+	e := (*l)[0]
+	*l = (*l)[1:]
+	return e, nil
+}
+
+// TestReplayRejectsPCRIndexAbove0xFFFF checks that a list cannot make the
+// replay keep a PCR state per entry by naming a new PCR index in each.
+func TestReplayRejectsPCRIndexAbove0xFFFF(t *testing.T) {
+	entriesFor := func(index uint32) *entryList {
+		data := mustHex(t, "28000000 7368613235363a00 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 03000000 2f6100")
+		sum := sha1.Sum(data)
+		first := &imalog.Entry{PCR: 10, TemplateDigest: sum[:], TemplateName: "ima-ng", TemplateData: data, DigestAlg: pcr.SHA1}
+		second := &imalog.Entry{Index: 1, PCR: index, TemplateDigest: sum[:], TemplateName: "ima-ng", TemplateData: data, DigestAlg: pcr.SHA1}
+		violation := &imalog.Entry{Index: 2, PCR: index, TemplateDigest: make([]byte, sha1.Size), TemplateName: "ima-ng", TemplateData: data, DigestAlg: pcr.SHA1}
+		return &entryList{first, second, violation}
+	}
+
+	for _, index := range []uint32{0xffff, 0x10000, 0xffffffff} {
+		wantErr := index > 0xffff
+
+		r := newReplayer(t, nil, pcr.SHA1, pcr.SHA256)
+		var err error
+		for _, e := range *entriesFor(index) {
+			if err = r.Extend(e); err != nil {
+				break
+			}
+		}
+		if wantErr != errors.Is(err, imalog.ErrMalformed) {
+			t.Errorf("Extend with PCR index %#x: err = %v, want malformed: %v", index, err, wantErr)
+		}
+
+		_, err = ReplayAll(entriesFor(index), newReplayer(t, nil, pcr.SHA1, pcr.SHA256), nil)
+		if wantErr != errors.Is(err, imalog.ErrMalformed) {
+			t.Errorf("ReplayAll with PCR index %#x: err = %v, want malformed: %v", index, err, wantErr)
+		}
 	}
 }
