@@ -36,9 +36,7 @@ func SHA1(p []byte) [sha1.Size]byte {
 	block1(&h, tail[:end])
 
 	var out [sha1.Size]byte
-	for i, v := range h {
-		binary.BigEndian.PutUint32(out[4*i:], v)
-	}
+	putSHA1(&out, &h)
 	return out
 }
 
@@ -57,9 +55,7 @@ func SHA256(p []byte) [sha256.Size]byte {
 	block256(&h, tail[:end])
 
 	var out [sha256.Size]byte
-	for i, v := range h {
-		binary.BigEndian.PutUint32(out[4*i:], v)
-	}
+	putSHA256(&out, &h)
 	return out
 }
 
@@ -102,9 +98,7 @@ func ExtendSHA1(value, msg *[sha1.Size]byte) {
 
 	h := iv1
 	block1(&h, block[:])
-	for i, v := range h {
-		binary.BigEndian.PutUint32(value[4*i:], v)
-	}
+	putSHA1(value, &h)
 }
 
 // ExtendSHA256 sets value to SHA-256(value || msg), the TPM's PCR extend in
@@ -128,7 +122,26 @@ func ExtendSHA256(value, msg *[sha256.Size]byte) {
 
 	h := iv256
 	block256(&h, blocks[:])
-	for i, v := range h {
-		binary.BigEndian.PutUint32(value[4*i:], v)
-	}
+	putSHA256(value, &h)
+}
+
+// putSHA1 and putSHA256 write a final state as the digest's big-endian
+// bytes. Constant indexes let the compiler drop the bounds checks of a loop.
+func putSHA1(out *[sha1.Size]byte, h *[5]uint32) {
+	binary.BigEndian.PutUint32(out[0:], h[0])
+	binary.BigEndian.PutUint32(out[4:], h[1])
+	binary.BigEndian.PutUint32(out[8:], h[2])
+	binary.BigEndian.PutUint32(out[12:], h[3])
+	binary.BigEndian.PutUint32(out[16:], h[4])
+}
+
+func putSHA256(out *[sha256.Size]byte, h *[8]uint32) {
+	binary.BigEndian.PutUint32(out[0:], h[0])
+	binary.BigEndian.PutUint32(out[4:], h[1])
+	binary.BigEndian.PutUint32(out[8:], h[2])
+	binary.BigEndian.PutUint32(out[12:], h[3])
+	binary.BigEndian.PutUint32(out[16:], h[4])
+	binary.BigEndian.PutUint32(out[20:], h[5])
+	binary.BigEndian.PutUint32(out[24:], h[6])
+	binary.BigEndian.PutUint32(out[28:], h[7])
 }
