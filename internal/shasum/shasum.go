@@ -2,11 +2,11 @@
 // template hashes and PCR extends that dominate a log replay.
 //
 // On amd64 processors with the SHA extensions it runs its own SHA-NI
-// compression function. crypto/sha1 and crypto/sha256 use the same
-// instructions, but their one-shot sums add copying and padding through a
-// digest type: a chained SHA-256 PCR extend took about 107 ns through
-// crypto/sha256 and 84 ns here (BenchmarkCryptoExtendSHA256 and
-// BenchmarkExtendSHA256, Go 1.26 on the Xeon of docs/benchmarks.md).
+// compression functions. crypto/sha1 and crypto/sha256 use the same
+// instructions, but their one-shot sums also copy and pad through a digest
+// type. A chained SHA-256 PCR extend took 115 to 118 ns through
+// crypto/sha256 and 81 to 83 ns here (BenchmarkCryptoExtendSHA256 and
+// BenchmarkExtendSHA256, Go 1.26, on the machine in docs/benchmarks.md).
 // Elsewhere the functions call crypto/sha1 and crypto/sha256.
 package shasum
 
@@ -59,10 +59,9 @@ func SHA256(p []byte) [sha256.Size]byte {
 	return out
 }
 
-// pad splits p for the compression function, with the padding of FIPS
-// 180-4, section 5.1.1, which SHA-1 and SHA-256 share: p[:full] are whole
-// blocks to compress as they are, and tail[:end] holds the rest of p and
-// the padding.
+// pad splits p for the compression function. p[:full] are whole blocks to
+// compress as they are, and tail[:end] contains the rest of p with the
+// padding that SHA-1 and SHA-256 share (FIPS 180-4, section 5.1.1).
 func pad(p []byte, tail *[128]byte) (full, end int) {
 	// A message that fits two blocks with its padding, which covers every
 	// extend and the templates of a usual ima-ng entry, goes in one call.

@@ -58,7 +58,7 @@ func checkPCRIndex(e *imalog.Entry) error {
 	if e.PCR <= maxPCRIndex {
 		return nil
 	}
-	return fmt.Errorf("replay entry %d at byte offset %d: %w: PCR index %d is more than %d: the list is corrupt or was read with the wrong byte order or digest size",
+	return fmt.Errorf("replay entry %d at byte offset %d: %w: PCR index %d is above %d, so the list is corrupt or was read with the wrong byte order or digest algorithm: check the list, or set them (imashard log: --byte-order, --bank)",
 		e.Index, e.Offset, imalog.ErrMalformed, e.PCR, maxPCRIndex)
 }
 
@@ -216,15 +216,8 @@ func (r *Replayer) hashEntry(h *hashedEntry) {
 		switch alg {
 		case pcr.SHA1:
 			copy(h.perBank[i][:], h.sha1Hash[:])
-		case pcr.SHA256:
-			sum := shasum.SHA256(data)
-			copy(h.perBank[i][:], sum[:])
-		case pcr.SHA384:
-			sum := sha512.Sum384(data)
-			copy(h.perBank[i][:], sum[:])
-		case pcr.SHA512:
-			sum := sha512.Sum512(data)
-			copy(h.perBank[i][:], sum[:])
+		default:
+			templateHash(alg, data, h.perBank[i][:])
 		}
 		if alg == e.DigestAlg || (e.DigestAlg == 0 && alg == pcr.SHA1) {
 			digestAlgHash = h.perBank[i][:r.sizes[i]]
